@@ -1,0 +1,35 @@
+# `make repro` and `make test` each create the virtual environment they need (.venv) from the lock file.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: venv repro test test-fast lock benchmark clean-venv
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+repro: $(STAMP)  ## download -> normalize -> train -> evaluate with params.yaml
+	dvc repro
+
+test: $(STAMP)  ## the whole suite, offline
+	python -m pytest
+
+test-fast: $(STAMP)  ## unit tests only, without the end-to-end dvc runs
+	python -m pytest -m "not slow"
+
+benchmark: $(STAMP)  ## images per second of the input pipeline and of training (see benchmarks/)
+	python benchmarks/throughput.py
+
+lock: $(STAMP)  ## re-pin requirements.lock from the current environment
+	(echo "# Pinned environment for Python 3.11 on Linux x86-64, CPU (pip freeze of a fresh venv: make lock)."; python -m pip freeze --exclude-editable) > requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)

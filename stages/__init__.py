@@ -1,0 +1,1 @@
+"""CIFAR-10 pipeline stages: download -> normalize -> train -> evaluate (see dvc.yaml)."""

@@ -1,0 +1,108 @@
+"""The network, its learning-rate schedule, and the self-contained model that takes raw uint8 images.
+
+With the default params this is the Keras tutorial's CNN: three blocks of
+[Conv2D 3x3 same + L2 -> ELU -> BatchNorm] x 2 -> MaxPool 2x2 -> Dropout (32/64/128 filters,
+dropout 0.2/0.3/0.4), then Flatten -> Dense(10, softmax): 309,290 parameters.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the stage logs
+
+import keras  # noqa: E402
+
+from stages.cifar import CLASS_NAMES, IMAGE_SHAPE  # noqa: E402
+from stages.normalize import Stats  # noqa: E402
+from stages.params import TrainParams  # noqa: E402
+
+
+def build_seed_cnn(params: TrainParams, dtype: str | None = None, num_classes: int = len(CLASS_NAMES)) -> keras.Model:
+    """Return the uncompiled CNN; it takes z-scored float images (N, 32, 32, 3) and returns class probabilities.
+
+    `dtype` is a Keras dtype policy ("float32", "mixed_bfloat16", ...); None uses the global policy.
+    The softmax always runs in float32 so the loss stays accurate under mixed precision.
+    """
+    layers = keras.layers
+    inputs = keras.Input(IMAGE_SHAPE, name="normalized_image")
+    x = inputs
+    for block, (width, rate) in enumerate(zip(params.widths, params.dropout), start=1):
+        for conv in range(1, params.block_depth + 1):
+            x = layers.Conv2D(
+                width,
+                3,
+                padding="same",
+                kernel_regularizer=keras.regularizers.L2(params.weight_decay) if params.weight_decay else None,
+                dtype=dtype,
+                name=f"block{block}_conv{conv}",
+            )(x)
+            x = layers.Activation(params.activation, dtype=dtype, name=f"block{block}_act{conv}")(x)
+            x = layers.BatchNormalization(dtype=dtype, name=f"block{block}_bn{conv}")(x)
+        x = layers.MaxPooling2D(2, dtype=dtype, name=f"block{block}_pool")(x)
+        x = layers.Dropout(rate, dtype=dtype, name=f"block{block}_dropout")(x)
+    x = layers.Flatten(dtype=dtype, name="flatten")(x)
+    x = layers.Dense(num_classes, dtype=dtype, name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="cifar10_cnn")
+
+
+def build_inference_model(core: keras.Model, stats: Stats) -> keras.Model:
+    """Return a model that takes raw uint8 images (N, 32, 32, 3), normalizes them with `stats`, then runs `core`.
+
+    Saved as .keras, it needs nothing else: the statistics live in its Normalization layer.
+    """
+    inputs = keras.Input(IMAGE_SHAPE, dtype="uint8", name="image")
+    x = keras.layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)  # uint8 -> float32, values unchanged
+    # Normalization divides by sqrt(variance): variance (std + eps)^2 reproduces (x - mean) / (std + eps).
+    normalize = keras.layers.Normalization(
+        axis=None if len(stats.mean) == 1 else -1,
+        mean=list(stats.mean) if len(stats.mean) > 1 else stats.mean[0],
+        variance=[(s + stats.eps) ** 2 for s in stats.std] if len(stats.std) > 1 else (stats.std[0] + stats.eps) ** 2,
+        name="zscore",
+    )
+    outputs = core(normalize(x))
+    return keras.Model(inputs, outputs, name="cifar10_classifier")
+
+
+@keras.saving.register_keras_serializable(package="cifar10")
+class StepTimeDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Piecewise-constant learning rate by step, divided by (1 + decay * step).
+
+    This is what Keras 2's `RMSprop(lr, decay=...)` with an epoch-wise LearningRateScheduler computed.
+    """
+
+    def __init__(self, boundaries: list[int], values: list[float], decay: float) -> None:
+        self.boundaries = [int(b) for b in boundaries]  # steps
+        self.values = [float(v) for v in values]
+        self.decay = float(decay)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        lr = keras.ops.convert_to_tensor(self.values[0], "float32")
+        for boundary, value in zip(self.boundaries, self.values[1:]):
+            lr = keras.ops.where(step >= boundary, value, lr)
+        return lr / (1.0 + self.decay * step)
+
+    def get_config(self) -> dict:
+        return {"boundaries": self.boundaries, "values": self.values, "decay": self.decay}
+
+
+def learning_rate_at(params: TrainParams, steps_per_epoch: int, step: int) -> float:
+    """Return the learning rate the schedule gives at optimizer step `step` (for logs and tests)."""
+    return float(make_schedule(params, steps_per_epoch)(step))
+
+
+def make_schedule(params: TrainParams, steps_per_epoch: int) -> StepTimeDecay:
+    """Return the learning-rate schedule: epoch boundaries from params turned into step boundaries."""
+    return StepTimeDecay([b * steps_per_epoch for b in params.lr_boundaries], list(params.lr_values), params.lr_decay)
+
+
+def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Return the optimizer named in params with the learning-rate schedule."""
+    schedule = make_schedule(params, steps_per_epoch)
+    if params.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=schedule)  # rho 0.9, epsilon 1e-7: Keras 2's defaults
+    if params.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=schedule)
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)

@@ -1,0 +1,183 @@
+"""Stage 3: train the CNN on the normalized arrays and save a model that takes raw uint8 images.
+
+Writes models/model.keras (normalization inside), the tutorial's models/model.json +
+models/model.weights.h5, models/meta.json (resolved params, statistics, class names),
+per-epoch DVCLive logs, and metrics/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from dvclive import Live  # noqa: E402
+
+from stages.atomic import atomic_dir, write_json  # noqa: E402
+from stages.cifar import CLASS_NAMES  # noqa: E402
+from stages.errors import StageError, run_stage  # noqa: E402
+from stages.input_pipeline import eval_dataset, steps_per_epoch, train_dataset  # noqa: E402
+from stages.model import build_inference_model, build_seed_cnn, make_optimizer  # noqa: E402
+from stages.normalize import Stats, load_normalized, load_stats  # noqa: E402
+from stages.params import TrainParams, as_dict, load_section, load_seed, read_params_file  # noqa: E402
+
+VAL_BATCH = 500  # images per validation step; no effect on the result
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model  # the inference model: raw uint8 in, probabilities out
+    history: dict[str, list[float]]  # per-epoch logs from fit
+    epoch_seconds: list[float]  # training time of each epoch, validation excluded
+    num_train: int
+
+
+def configure_runtime(params: TrainParams, seed: int) -> str:
+    """Seed every random source, set determinism and precision; return the device kind ("GPU" or "CPU")."""
+    keras.utils.set_random_seed(seed)  # Python, numpy and TensorFlow generators
+    if params.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    policy = {"off": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[params.mixed_precision]
+    keras.mixed_precision.set_dtype_policy(policy)
+    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Times each epoch's training part and logs every epoch's metrics and learning rate to DVCLive."""
+
+    def __init__(self, live: Live | None) -> None:
+        super().__init__()
+        self.live = live
+        self.epoch_seconds: list[float] = []
+        self._start = 0.0
+        self._train_end: float | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start, self._train_end = time.perf_counter(), None
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        if self._train_end is None:  # fit validates after the epoch's last training step
+            self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        end = self._train_end if self._train_end is not None else time.perf_counter()
+        self.epoch_seconds.append(end - self._start)
+        logs = logs or {}
+        loss = logs.get("loss")
+        if loss is None or not np.isfinite(loss):
+            self.model.stop_training = True
+            raise StageError(
+                f"training diverged: loss is {loss} in epoch {epoch + 1}; "
+                "lower train.lr_values or check train.optimizer and train.weight_decay"
+            )
+        if self.live is None:
+            return
+        for name, value in logs.items():
+            if name == "learning_rate":
+                continue
+            split = "val" if name.startswith("val_") else "train"
+            self.live.log_metric(f"{split}/{name.removeprefix('val_')}", float(value))
+        optimizer = self.model.optimizer
+        self.live.log_metric("learning_rate", float(optimizer.learning_rate), plot=True)
+        self.live.log_metric("epoch_seconds", self.epoch_seconds[-1])
+        self.live.next_step()
+
+
+def train_model(
+    arrays: dict[str, np.ndarray], stats: Stats, params: TrainParams, seed: int, live: Live | None = None
+) -> TrainResult:
+    """Train the CNN on normalized arrays (x_train, y_train, x_val, y_val) and return the inference model."""
+    x_train, y_train = arrays["x_train"], arrays["y_train"]
+    x_val, y_val = arrays["x_val"], arrays["y_val"]
+    steps = steps_per_epoch(len(x_train), params.batch_size)
+    core = build_seed_cnn(params)
+    core.compile(
+        optimizer=make_optimizer(params, steps),
+        loss=keras.losses.SparseCategoricalCrossentropy(),  # categorical cross-entropy on integer labels
+        metrics=["accuracy"],
+    )
+    epoch_log = EpochLog(live)
+    history = core.fit(
+        train_dataset(x_train, y_train, params, seed),
+        epochs=params.epochs,
+        steps_per_epoch=steps,
+        validation_data=eval_dataset(x_val, y_val, VAL_BATCH) if len(x_val) else None,
+        callbacks=[epoch_log],
+        verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, one line per epoch in logs
+    )
+    # Export in float32 whatever the training precision, so the model runs anywhere at full accuracy.
+    export_core = build_seed_cnn(params, dtype="float32")
+    export_core.set_weights(core.get_weights())
+    model = build_inference_model(export_core, stats)
+    return TrainResult(model, history.history, epoch_log.epoch_seconds, len(x_train))
+
+
+def summarize(result: TrainResult, params: TrainParams, device: str, wall_seconds: float) -> dict:
+    """Return metrics/train.json: final losses and accuracies, cost and speed."""
+    last = {name: float(values[-1]) for name, values in result.history.items()}
+    # Speed is steady-state: the first epoch also pays for tracing the graph, so leave it out when we can.
+    timed = result.epoch_seconds[1:] or result.epoch_seconds
+    return {
+        "accuracy": last["accuracy"],
+        "loss": last["loss"],
+        "val_accuracy": last.get("val_accuracy"),
+        "val_loss": last.get("val_loss"),
+        "epochs": len(result.epoch_seconds),
+        "wall_seconds": round(wall_seconds, 2),
+        "seconds_per_epoch": round(float(np.mean(timed)), 2),
+        "images_per_second": round(result.num_train * len(timed) / float(np.sum(timed)), 1),
+        "device": device,
+        "mixed_precision": params.mixed_precision,
+    }
+
+
+def save_model(model: keras.Model, folder: Path, meta: dict) -> None:
+    """Write model.keras, the tutorial's model.json + model.weights.h5, and meta.json into `folder`."""
+    model.save(folder / "model.keras")
+    (folder / "model.json").write_text(model.to_json(indent=2) + "\n")
+    model.save_weights(folder / "model.weights.h5")
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path, help="folder written by the normalize stage")
+    parser.add_argument("models", type=Path, help="folder for the trained model files")
+    parser.add_argument("live", type=Path, help="DVCLive folder for per-epoch metrics")
+    parser.add_argument("metrics", type=Path, help="metrics/train.json")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    raw = read_params_file(args.params)
+    params: TrainParams = load_section(raw, "train")
+    seed = load_seed(raw)
+    arrays = load_normalized(args.data, ("x_train", "y_train", "x_val", "y_val"))
+    stats = load_stats(args.data / "stats.json")
+    device = configure_runtime(params, seed)
+    print(f"train: {len(arrays['x_train'])} training, {len(arrays['x_val'])} validation images on {device}")
+
+    start = time.perf_counter()
+    # dvcyaml=False: dvc.yaml is hand-written and declares the plots; DVCLive only writes its files.
+    with Live(str(args.live), dvcyaml=False, save_dvc_exp=False) as live:
+        live.log_params({"seed": seed, **as_dict(params)})
+        result = train_model(arrays, stats, params, seed, live)
+    wall = time.perf_counter() - start
+
+    meta = {"seed": seed, "train": as_dict(params), "stats": stats.to_json(), "class_names": list(CLASS_NAMES)}
+    with atomic_dir(args.models) as tmp:
+        save_model(result.model, tmp, meta)
+    summary = summarize(result, params, device, wall)
+    write_json(args.metrics, summary)
+    print(f"train: {json.dumps(summary)}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
