@@ -23,7 +23,7 @@ NORMALIZE_METHODS = ("global", "per_channel")
 ACTIVATIONS = ("elu", "relu", "gelu", "swish")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
-MIXED_PRECISION = ("off", "bfloat16", "float16")
+MIXED_PRECISION = ("none", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class TrainParams:
     lr_values: tuple[float, ...] = (1e-3, 5e-4, 3e-4)  # one more value than boundaries
     lr_decay: float = 1e-6  # time decay per step: lr / (1 + lr_decay * step), as Keras 2's `decay`
     deterministic: bool = False  # op determinism: identical metrics on a rerun on CPU (slower)
-    mixed_precision: str = "off"  # off | bfloat16 (CPUs with AVX-512 BF16/AMX, Ampere+ GPUs) | float16 (GPUs)
+    mixed_precision: str = "none"  # none | bfloat16 (CPUs with AVX-512 BF16/AMX, Ampere+ GPUs) | float16 (GPUs)
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", "must be a positive integer", self.epochs)

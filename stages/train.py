@@ -46,7 +46,7 @@ def configure_runtime(params: TrainParams, seed: int) -> str:
     keras.utils.set_random_seed(seed)  # Python, numpy and TensorFlow generators
     if params.deterministic:
         tf.config.experimental.enable_op_determinism()
-    policy = {"off": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[params.mixed_precision]
+    policy = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[params.mixed_precision]
     keras.mixed_precision.set_dtype_policy(policy)
     return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 
@@ -110,6 +110,7 @@ def train_model(
         train_dataset(x_train, y_train, params, seed),
         epochs=params.epochs,
         steps_per_epoch=steps,
+        shuffle=False,  # the dataset shuffles itself, seeded per epoch
         validation_data=eval_dataset(x_val, y_val, VAL_BATCH) if len(x_val) else None,
         callbacks=[epoch_log],
         verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, one line per epoch in logs
