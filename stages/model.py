@@ -59,6 +59,7 @@ def build_inference_model(core: keras.Model, stats: Stats) -> keras.Model:
         axis=None if len(stats.mean) == 1 else -1,
         mean=list(stats.mean) if len(stats.mean) > 1 else stats.mean[0],
         variance=[(s + stats.eps) ** 2 for s in stats.std] if len(stats.std) > 1 else (stats.std[0] + stats.eps) ** 2,
+        dtype="float32",
         name="zscore",
     )
     outputs = core(normalize(x))

@@ -116,9 +116,14 @@ def train_model(
         verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, one line per epoch in logs
     )
     # Export in float32 whatever the training precision, so the model runs anywhere at full accuracy.
-    export_core = build_seed_cnn(params, dtype="float32")
-    export_core.set_weights(core.get_weights())
-    model = build_inference_model(export_core, stats)
+    training_policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("float32")
+    try:
+        export_core = build_seed_cnn(params)
+        export_core.set_weights(core.get_weights())
+        model = build_inference_model(export_core, stats)
+    finally:
+        keras.mixed_precision.set_dtype_policy(training_policy)
     return TrainResult(model, history.history, epoch_log.epoch_seconds, len(x_train))
 
 

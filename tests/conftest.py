@@ -1,0 +1,157 @@
+"""Shared fixtures: a small synthetic archive in the exact CIFAR-10 layout, a local HTTP server,
+and a throwaway git + DVC copy of the project for end-to-end runs."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+PER_BATCH = 20  # images in each of the 5 training batches of the synthetic archive
+TEST_IMAGES = 30
+
+
+def synthetic_batches(seed: int = 0, per_batch: int = PER_BATCH, test_images: int = TEST_IMAGES) -> dict:
+    """Return {member name: dict} as in cifar-10-python.tar.gz: uint8 rows of R, G, B planes and int labels.
+
+    Each class gets its own mean colour, so a tiny CNN can learn something in one epoch.
+    """
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(30, 225, size=(10, 3))
+
+    def batch(n: int, label: str) -> dict:
+        labels = [int(i % 10) for i in rng.permutation(n)]
+        planes = np.stack([np.full((3, 32, 32), colours[c][:, None, None]) for c in labels]).astype(np.int16)
+        planes += rng.integers(-30, 31, size=planes.shape)
+        data = np.clip(planes, 0, 255).astype(np.uint8).reshape(n, 3072)
+        names = [f"img_{label}_{i}.png".encode() for i in range(n)]
+        return {b"batch_label": label.encode(), b"labels": labels, b"data": data, b"filenames": names}
+
+    members = {f"data_batch_{i}": batch(per_batch, f"training batch {i} of 5") for i in range(1, 6)}
+    members["test_batch"] = batch(test_images, "testing batch 1 of 1")
+    members["batches.meta"] = {
+        b"label_names": [n.encode() for n in CLASS_NAMES],
+        b"num_cases_per_batch": per_batch,
+        b"num_vis": 3072,
+    }
+    return members
+
+
+def write_archive(path: Path, members: dict, extra: dict[str, bytes] | None = None) -> str:
+    """Write a gzip tar with each member pickled under cifar-10-batches-py/; return its md5."""
+    with tarfile.open(path, "w:gz") as tar:
+        entries = {f"cifar-10-batches-py/{name}": pickle.dumps(obj, protocol=2) for name, obj in members.items()}
+        entries.update(extra or {})
+        for name, payload in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A valid synthetic archive and its md5."""
+    path = tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz"
+    md5 = write_archive(path, synthetic_batches())
+    return path, md5
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+
+@pytest.fixture()
+def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """Serve a fresh folder on 127.0.0.1; yield (base URL, folder)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+
+
+TINY_TRAIN = {
+    "epochs": 1,
+    "batch_size": 16,
+    "widths": [4, 8, 8],
+    "lr_boundaries": [1],
+    "lr_values": [0.003, 0.001],
+}
+
+
+def stage_env() -> dict[str, str]:
+    """The environment for stage subprocesses: this interpreter's `python` first on PATH, quiet TensorFlow."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command in `cwd` with the stage environment; on failure show its output."""
+    result = subprocess.run(cmd, cwd=cwd, env=stage_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd, check)
+
+
+def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run(["git", *args], cwd)
+
+
+def set_params(repo: Path, updates: dict[str, dict]) -> None:
+    """Merge `updates` ({section: {key: value}}) into the repo's params.yaml."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in updates.items():
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    """A git + DVC repo holding a copy of the project (stages, dvc.yaml, params.yaml), committed, with a git identity."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for name in ("stages",):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy2(ROOT / name, repo / name)
+    git("init", "-q", "-b", "main", cwd=repo)
+    git("config", "user.name", "pipeline test", cwd=repo)
+    git("config", "user.email", "test@example.com", cwd=repo)
+    dvc("init", "-q", cwd=repo)
+    dvc("config", "core.analytics", "false", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "project", cwd=repo)
+    return repo

@@ -1,0 +1,121 @@
+"""The archive reader: exact layout, NHWC conversion, and refusal of anything unexpected."""
+
+from __future__ import annotations
+
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.cifar import CLASS_NAMES, load_train_test, read_archive, safe_unpickle
+from stages.errors import DataError
+from tests.conftest import PER_BATCH, TEST_IMAGES, synthetic_batches, write_archive
+
+
+def test_reads_all_batches_as_nhwc_uint8(archive):
+    path, _ = archive
+    train, test = load_train_test(path)
+    assert train.images.shape == (5 * PER_BATCH, 32, 32, 3) and train.images.dtype == np.uint8
+    assert test.images.shape == (TEST_IMAGES, 32, 32, 3)
+    assert train.labels.dtype == np.uint8 and set(train.labels) == set(range(10))
+    source = synthetic_batches()
+    # Row layout is R plane, G plane, B plane, each 32x32 row-major: pixel (row 3, col 5) of image 7.
+    row = source["data_batch_2"][b"data"][7]
+    expected = [row[0 * 1024 + 3 * 32 + 5], row[1 * 1024 + 3 * 32 + 5], row[2 * 1024 + 3 * 32 + 5]]
+    assert train.images[PER_BATCH + 7, 3, 5].tolist() == [int(v) for v in expected]
+    assert train.labels[PER_BATCH + 7] == source["data_batch_2"][b"labels"][7]
+
+
+def test_label_names_come_from_the_archive(archive):
+    assert read_archive(archive[0])["label_names"] == tuple(CLASS_NAMES)
+
+
+class _CreatesFile:
+    """Unpickling this runs `open(path, 'w')`: a stand-in for any code a crafted pickle could run."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_that_runs_code_is_refused_without_running(tmp_path: Path):
+    # First show the payload is live: a plain unpickler creates the file.
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(_CreatesFile(str(control)), protocol=2)).close()
+    assert control.exists()
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({b"data": _CreatesFile(str(marker)), b"labels": []}, protocol=2)
+    with pytest.raises(DataError, match=r"refused to load (io|builtins)\.open"):
+        safe_unpickle(payload, "data_batch_1")
+    assert not marker.exists()
+    # The same through the whole archive reader.
+    members = synthetic_batches()
+    members["data_batch_3"] = {b"data": _CreatesFile(str(marker)), b"labels": []}
+    bad = tmp_path / "bad.tar.gz"
+    write_archive(bad, members)
+    with pytest.raises(DataError, match="data_batch_3 is not a CIFAR-10 batch pickle"):
+        read_archive(bad)
+    assert not marker.exists()
+
+
+def test_a_pickle_of_another_type_is_refused():
+    with pytest.raises(DataError, match="must hold a dict with bytes keys"):
+        safe_unpickle(pickle.dumps([1, 2, 3], protocol=2), "test_batch")
+    with pytest.raises(DataError, match="refused to load"):
+        safe_unpickle(pickle.dumps({b"x": np.float64(1.0)}, protocol=2), "test_batch")
+
+
+def _with(batch: str, changes: dict) -> dict:
+    members = synthetic_batches()
+    members[batch] = {**members[batch], **changes}
+    return members
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ({k: v for k, v in synthetic_batches().items() if k != "data_batch_4"}, "has no member cifar-10-batches-py/data_batch_4"),
+        (_with("data_batch_1", {b"data": np.zeros((20, 3000), np.uint8)}), "data must be a uint8 array of shape (N, 3072)"),
+        (_with("data_batch_1", {b"data": np.zeros((20, 3072), np.float32)}), "data must be a uint8 array"),
+        (_with("test_batch", {b"labels": [12] * TEST_IMAGES}), "test_batch: labels must be in 0..9, got 12"),
+        (_with("data_batch_2", {b"labels": [1, 2]}), "data_batch_2: 2 labels for 20 images"),
+        (_with("batches.meta", {b"label_names": [b"a", b"b"]}), "label_names must be the 10 CIFAR-10 classes"),
+    ],
+)
+def test_bad_batches_are_refused(tmp_path: Path, members, message):
+    path = tmp_path / "a.tar.gz"
+    write_archive(path, members)
+    with pytest.raises(DataError) as info:
+        load_train_test(path)
+    assert message in str(info.value)
+
+
+def test_not_gzip_truncated_and_escaping_members(tmp_path: Path, archive):
+    not_gzip = tmp_path / "plain.tar.gz"
+    not_gzip.write_text("<html>404 Not Found</html>")
+    with pytest.raises(DataError, match="is not a readable gzip-compressed tar archive"):
+        read_archive(not_gzip)
+
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(archive[0].read_bytes()[: archive[0].stat().st_size // 2])
+    with pytest.raises(DataError, match="truncated or corrupt|not a readable"):
+        read_archive(truncated)
+
+    escaping = tmp_path / "escaping.tar.gz"
+    write_archive(escaping, synthetic_batches(), extra={"cifar-10-batches-py/../../evil.sh": b"rm -rf /"})
+    with pytest.raises(DataError, match="points outside the archive folder"):
+        read_archive(escaping)
+    assert not (tmp_path.parent / "evil.sh").exists()
+
+
+def test_members_are_never_extracted(tmp_path: Path, archive, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    read_archive(archive[0])
+    assert list(tmp_path.iterdir()) == []
+    with tarfile.open(archive[0]) as tar:  # the reader saw real files, not an empty archive
+        assert len([m for m in tar if m.isfile()]) == 7

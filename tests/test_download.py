@@ -1,0 +1,69 @@
+"""The download stage: http, file:// and plain paths; checksum refusal leaves nothing behind."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from stages.download import download_archive, md5_of
+from stages.errors import DataError, StageError
+from stages.params import DownloadParams
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_http_download_verifies_and_lands(archive, http_server, tmp_path: Path):
+    path, md5 = archive
+    base, root = http_server
+    shutil.copy(path, root / "cifar.tar.gz")
+    dest = tmp_path / "raw" / "cifar-10-python.tar.gz"
+    assert download_archive(DownloadParams(url=f"{base}/cifar.tar.gz", md5=md5), dest) == md5
+    assert md5_of(dest) == md5
+    assert _leftovers(dest.parent) == ["cifar-10-python.tar.gz"]
+
+
+@pytest.mark.parametrize("form", ["file_url", "plain_path"])
+def test_local_sources(archive, tmp_path: Path, form: str):
+    path, md5 = archive
+    url = path.as_uri() if form == "file_url" else str(path)
+    dest = tmp_path / "out.tar.gz"
+    download_archive(DownloadParams(url=url, md5=md5), dest)
+    assert dest.read_bytes() == path.read_bytes()
+
+
+def test_checksum_mismatch_gives_both_sums_and_leaves_nothing(archive, http_server, tmp_path: Path):
+    path, md5 = archive
+    base, root = http_server
+    shutil.copy(path, root / "cifar.tar.gz")
+    wrong = "0" * 32
+    dest = tmp_path / "raw" / "cifar-10-python.tar.gz"
+    for url in (f"{base}/cifar.tar.gz", str(path)):
+        with pytest.raises(DataError) as info:
+            download_archive(DownloadParams(url=url, md5=wrong), dest)
+        assert f"expected {wrong}, got {md5}" in str(info.value)
+        assert _leftovers(dest.parent) == []
+
+
+def test_a_failed_run_keeps_the_previous_good_file(archive, tmp_path: Path):
+    path, md5 = archive
+    dest = tmp_path / "out.tar.gz"
+    download_archive(DownloadParams(url=str(path), md5=md5), dest)
+    with pytest.raises(DataError):
+        download_archive(DownloadParams(url=str(path), md5="f" * 32), dest)
+    assert md5_of(dest) == md5
+
+
+def test_missing_sources_and_unknown_schemes(http_server, tmp_path: Path):
+    base, _ = http_server
+    dest = tmp_path / "out.tar.gz"
+    with pytest.raises(StageError, match="HTTP 404"):
+        download_archive(DownloadParams(url=f"{base}/nope.tar.gz", md5="0" * 32, retries=0), dest)
+    with pytest.raises(StageError, match="which is not a file"):
+        download_archive(DownloadParams(url=str(tmp_path / "nope.tar.gz"), md5="0" * 32), dest)
+    with pytest.raises(StageError, match="unsupported scheme 'ftp'"):
+        download_archive(DownloadParams(url="ftp://example.org/c.tar.gz", md5="0" * 32), dest)
+    assert _leftovers(tmp_path) == ["www"]

@@ -1,0 +1,53 @@
+"""The evaluate stage's core: scores from probabilities, and refusal of a model that does not fit the data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from stages.errors import DataError
+from stages.evaluate import confusion_matrix, load_model, score_predictions
+
+NAMES = ("a", "b", "c")
+
+
+def test_scores_from_known_predictions():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    predicted = np.array([0, 1, 1, 1, 2, 0])
+    probabilities = np.full((6, 3), 0.1)
+    probabilities[np.arange(6), predicted] = 0.8
+    scores = score_predictions(probabilities, labels, NAMES)
+    assert scores["accuracy"] == pytest.approx(4 / 6)
+    assert scores["per_class"] == {"a": 0.5, "b": 1.0, "c": 0.5}
+    assert scores["recall"] == scores["per_class"]
+    assert scores["precision"] == {"a": 0.5, "b": pytest.approx(0.6667, abs=1e-4), "c": 1.0}
+    picked = probabilities[np.arange(6), labels]
+    assert scores["loss"] == pytest.approx(-np.log(picked).mean())
+    counts = confusion_matrix(labels, predicted, 3)
+    assert counts.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert np.trace(counts) / counts.sum() == pytest.approx(scores["accuracy"])
+
+
+def _save(tmp_path: Path, shape: tuple, classes: int) -> Path:
+    inputs = keras.Input(shape)
+    model = keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(keras.layers.Flatten()(inputs)))
+    path = tmp_path / f"m{classes}_{'x'.join(map(str, shape))}.keras"
+    model.save(path)
+    return path
+
+
+def test_models_that_do_not_fit_the_data_are_refused(tmp_path: Path):
+    assert load_model(_save(tmp_path, (32, 32, 3), 10)).output_shape == (None, 10)
+    with pytest.raises(DataError, match=r"predicts \(5,\) outputs, but the data has 10 classes"):
+        load_model(_save(tmp_path, (32, 32, 3), 5))
+    with pytest.raises(DataError, match=r"takes inputs of shape \(28, 28, 1\), but CIFAR-10 images are \(32, 32, 3\)"):
+        load_model(_save(tmp_path, (28, 28, 1), 10))
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="is not a loadable Keras model"):
+        load_model(broken)
+    with pytest.raises(DataError, match="run the train stage first"):
+        load_model(tmp_path / "missing.keras")

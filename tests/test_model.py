@@ -1,0 +1,103 @@
+"""The network, the learning-rate schedule, the uint8 model, and the in-graph input pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from stages.input_pipeline import augment_batch, steps_per_epoch, train_dataset
+from stages.model import build_inference_model, build_seed_cnn, learning_rate_at
+from stages.normalize import Stats, normalize_images
+from stages.params import TrainParams
+
+
+def test_default_network_is_the_tutorials():
+    model = build_seed_cnn(TrainParams())
+    assert model.count_params() == 309_290
+    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == [32, 32, 64, 64, 128, 128]
+    assert all(c.kernel_size == (3, 3) and c.padding == "same" for c in convs)
+    assert all(c.kernel_regularizer.l2 == pytest.approx(1e-4) for c in convs)
+    dropouts = [layer.rate for layer in model.layers if layer.__class__.__name__ == "Dropout"]
+    assert dropouts == pytest.approx([0.2, 0.3, 0.4])
+    assert model.output_shape == (None, 10)
+
+
+def test_network_follows_its_params():
+    model = build_seed_cnn(TrainParams(widths=(8, 16), dropout=(0.1, 0.1), block_depth=1, weight_decay=0))
+    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == [8, 16] and convs[0].kernel_regularizer is None
+
+
+def test_schedule_steps_down_at_epoch_boundaries_with_time_decay():
+    params = TrainParams()  # 1e-3, then 5e-4 after 75 epochs, then 3e-4 after 100; decay 1e-6 per step
+    steps = 100
+    assert learning_rate_at(params, steps, 0) == pytest.approx(1e-3)
+    assert learning_rate_at(params, steps, 75 * steps - 1) == pytest.approx(1e-3 / (1 + 1e-6 * (75 * steps - 1)))
+    assert learning_rate_at(params, steps, 75 * steps) == pytest.approx(5e-4 / (1 + 1e-6 * 75 * steps))
+    assert learning_rate_at(params, steps, 100 * steps) == pytest.approx(3e-4 / (1 + 1e-6 * 100 * steps))
+    # The tutorial's `elif` bug (3e-4 never reached) is expressible as a schedule with one boundary.
+    buggy = TrainParams(lr_boundaries=(76,), lr_values=(1e-3, 5e-4), lr_decay=0)
+    assert learning_rate_at(buggy, steps, 110 * steps) == pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize("stats", [Stats((120.0,), (64.0,), 1e-7), Stats((125.0, 122.0, 113.0), (62.0, 61.0, 66.0), 1e-7)])
+def test_uint8_model_normalizes_inside(stats):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
+    core = build_seed_cnn(TrainParams(widths=(4, 4, 4)))
+    model = build_inference_model(core, stats)
+    assert model.input.dtype == "uint8"
+    expected = core.predict(normalize_images(images, stats), verbose=0)
+    assert np.allclose(model.predict(images, verbose=0), expected, atol=1e-5)
+
+
+def _images(n: int = 8) -> np.ndarray:
+    return np.random.default_rng(1).normal(size=(n, 32, 32, 3)).astype(np.float32)
+
+
+def test_flip_only_mirrors_or_keeps_each_image():
+    x = _images()
+    params = TrainParams(rotation_deg=0, shift=0, flip=True)
+    out = augment_batch(tf.constant(x), tf.constant(5), seed=0, params=params).numpy()
+    mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, x)]
+    kept = [np.array_equal(o, i) for o, i in zip(out, x)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored)
+
+
+def test_augmentation_is_keyed_by_seed_and_step():
+    x = tf.constant(_images())
+    params = TrainParams()
+    a = augment_batch(x, tf.constant(3), seed=0, params=params).numpy()
+    b = augment_batch(x, tf.constant(3), seed=0, params=params).numpy()
+    c = augment_batch(x, tf.constant(4), seed=0, params=params).numpy()
+    d = augment_batch(x, tf.constant(3), seed=1, params=params).numpy()
+    assert a.shape == x.shape and np.array_equal(a, b)
+    assert not np.allclose(a, c) and not np.allclose(a, d)
+    assert not np.allclose(a, x.numpy())
+
+
+def test_pure_shift_moves_content_by_whole_pixels():
+    x = np.zeros((1, 32, 32, 1), np.float32)
+    x[0, 10, 10, 0] = 1.0
+    params = TrainParams(rotation_deg=0, shift=0.2, flip=False, fill_mode="constant")
+    out = augment_batch(tf.constant(x), tf.constant(0), seed=0, params=params).numpy()[0, :, :, 0]
+    assert out.sum() == pytest.approx(1.0, abs=1e-4)  # the pixel moved (split bilinearly) but did not vanish
+    assert out[10, 10] < 1.0
+
+
+def test_each_epoch_visits_every_image_once_and_resume_matches():
+    n, params = 37, TrainParams(epochs=3, batch_size=8, rotation_deg=0, shift=0, flip=False)
+    x = np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, 32, 32, 3), np.float32)
+    y = (np.arange(n) % 10).astype(np.uint8)
+    batches = [(bx.numpy()[:, 0, 0, 0], by.numpy()) for bx, by in train_dataset(x, y, params, seed=7)]
+    assert len(batches) == 3 * steps_per_epoch(n, 8)
+    per_epoch = steps_per_epoch(n, 8)
+    orders = [np.concatenate([b[0] for b in batches[e * per_epoch:(e + 1) * per_epoch]]) for e in range(3)]
+    for order in orders:
+        assert sorted(order.astype(int).tolist()) == list(range(n))
+    assert not np.array_equal(orders[0], orders[1])  # reshuffled each epoch
+    assert all(np.array_equal(by, (bx.astype(int) % 10)) for bx, by in batches)  # labels travel with images
+    resumed = [bx.numpy()[:, 0, 0, 0] for bx, _ in train_dataset(x, y, params, seed=7, start_epoch=2)]
+    assert np.array_equal(np.concatenate(resumed), orders[2])

@@ -1,0 +1,122 @@
+"""The normalize stage's core: stratified seeded split, training-only statistics, z-scoring, checked reloads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.errors import DataError
+from stages.normalize import (
+    Stats,
+    compute_stats,
+    load_normalized,
+    load_stats,
+    normalize_images,
+    split_and_normalize,
+    stratified_split,
+)
+from stages.params import NormalizeParams
+from tests.conftest import PER_BATCH, TEST_IMAGES
+
+
+def test_split_is_stratified_exact_disjoint_and_seeded():
+    labels = np.repeat(np.arange(10), [100, 100, 100, 100, 100, 50, 50, 50, 50, 50]).astype(np.uint8)
+    train, val = stratified_split(labels, 150, seed=1)
+    assert len(val) == 150 and len(train) == len(labels) - 150
+    assert not set(train) & set(val)
+    counts = np.bincount(labels[val], minlength=10)
+    assert counts.tolist() == [20] * 5 + [10] * 5  # each class in proportion
+    again, _ = stratified_split(labels, 150, seed=1)
+    other_train, other_val = stratified_split(labels, 150, seed=2)
+    assert np.array_equal(train, again)
+    assert not np.array_equal(val, other_val)
+
+
+def test_split_rounding_and_zero():
+    labels = np.arange(10).repeat(7)
+    _, val = stratified_split(labels, 13, seed=0)
+    assert len(val) == 13
+    train, val = stratified_split(labels, 0, seed=0)
+    assert len(val) == 0 and len(train) == 70
+
+
+def test_split_larger_than_training_set_is_refused():
+    with pytest.raises(DataError, match="normalize.val_size must leave at least one training image, got 100 of 100"):
+        stratified_split(np.arange(10).repeat(10), 100, seed=0)
+
+
+def test_global_and_per_channel_stats():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(50, 32, 32, 3), dtype=np.uint8)
+    images[..., 2] //= 2  # make the blue channel differ
+    glob = compute_stats(images, "global", 1e-7)
+    chan = compute_stats(images, "per_channel", 1e-7)
+    assert len(glob.mean) == 1 and glob.mean[0] == pytest.approx(images.mean())
+    assert glob.std[0] == pytest.approx(images.std())
+    assert len(chan.mean) == 3 and chan.mean[2] == pytest.approx(images[..., 2].mean())
+    for stats, axes in ((glob, None), (chan, (0, 1, 2))):
+        z = normalize_images(images, stats)
+        assert z.dtype == np.float32
+        assert np.allclose(z.mean(axis=axes), 0, atol=1e-4) and np.allclose(z.std(axis=axes), 1, atol=1e-4)
+
+
+def test_formula_matches_the_tutorial():
+    images = np.array([[[[0, 128, 255]]]], dtype=np.uint8)
+    stats = Stats((100.0,), (50.0,), 1e-7)
+    assert np.allclose(normalize_images(images, stats), (images.astype(np.float32) - 100.0) / (50.0 + 1e-7))
+
+
+def test_statistics_come_from_the_training_part_only(archive):
+    arrays, stats = split_and_normalize(archive[0], NormalizeParams(val_size=20), seed=3)
+    assert len(arrays["x_train"]) == 5 * PER_BATCH - 20 and len(arrays["x_val"]) == 20
+    assert len(arrays["x_test"]) == TEST_IMAGES
+    # Training pixels are exactly standardized; validation and test pixels are not.
+    assert abs(float(arrays["x_train"].mean())) < 1e-4 and abs(float(arrays["x_train"].std()) - 1) < 1e-4
+    assert abs(float(arrays["x_val"].mean())) > 1e-4
+    assert {a.dtype for k, a in arrays.items() if k.startswith("x_")} == {np.dtype(np.float32)}
+
+
+def _write(folder: Path, arrays: dict) -> None:
+    folder.mkdir(exist_ok=True)
+    for name, array in arrays.items():
+        np.save(folder / f"{name}.npy", array)
+
+
+def test_hand_edited_arrays_are_refused(tmp_path: Path):
+    x = np.zeros((4, 32, 32, 3), np.float32)
+    y = np.zeros(4, np.uint8)
+    _write(tmp_path / "ok", {"x_train": x, "y_train": y})
+    assert len(load_normalized(tmp_path / "ok", ("x_train", "y_train"))["x_train"]) == 4
+    cases = {
+        "count": ({"x_train": x, "y_train": y[:3]}, "x_train.npy has 4 images but y_train.npy has 3 labels"),
+        "dtype": ({"x_train": x.astype(np.float64), "y_train": y}, "must be float32 of shape (N, 32, 32, 3)"),
+        "shape": ({"x_train": np.zeros((4, 28, 28, 3), np.float32), "y_train": y}, "got float32 (4, 28, 28, 3)"),
+        "labels": ({"x_train": x, "y_train": y + 10}, "has labels outside 0..9"),
+    }
+    for name, (arrays, message) in cases.items():
+        _write(tmp_path / name, arrays)
+        with pytest.raises(DataError) as info:
+            load_normalized(tmp_path / name, ("x_train", "y_train"))
+        assert message in str(info.value), name
+    with pytest.raises(DataError, match="run the normalize stage first"):
+        load_normalized(tmp_path / "missing", ("x_train",))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"mean": [120.0], "std": [0.0], "eps": 1e-7}, "std must be positive and finite, got [0.0]"),
+        ({"mean": [120.0], "std": [-3.0], "eps": 1e-7}, "std must be positive and finite, got [-3.0]"),
+        ({"mean": [120.0], "eps": 1e-7}, "must hold mean, std and eps"),
+        ({"mean": [1, 2], "std": [1, 2], "eps": 0}, "must both have 1 or 3 values"),
+    ],
+)
+def test_hand_edited_stats_are_refused(tmp_path: Path, content, message):
+    path = tmp_path / "stats.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(DataError) as info:
+        load_stats(path)
+    assert message in str(info.value)

@@ -1,0 +1,128 @@
+"""params.yaml loads into typed sections; bad values stop a stage with one line naming key and value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.errors import ParamError
+from stages.params import (
+    OFFICIAL_MD5,
+    OFFICIAL_URL,
+    DownloadParams,
+    EvaluateParams,
+    NormalizeParams,
+    TrainParams,
+    load_section,
+    load_seed,
+    parse_section,
+    read_params_file,
+    validate_all,
+)
+from tests.conftest import ROOT, stage_env
+
+
+def committed_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_committed_params_are_the_tutorial_recipe():
+    raw = committed_params()
+    validate_all(raw)
+    assert load_seed(raw) == 42
+    download = load_section(raw, "download")
+    assert (download.url, download.md5) == (OFFICIAL_URL, OFFICIAL_MD5)
+    normalize = load_section(raw, "normalize")
+    assert (normalize.val_size, normalize.method, normalize.eps) == (5000, "global", 1e-7)
+    train = load_section(raw, "train")
+    assert train == TrainParams()  # params.yaml and the dataclass defaults say the same thing
+    assert (train.epochs, train.batch_size, train.widths, train.dropout) == (125, 64, (32, 64, 128), (0.2, 0.3, 0.4))
+    assert (train.optimizer, train.lr_boundaries, train.lr_values, train.lr_decay) == (
+        "rmsprop",
+        (75, 100),
+        (1e-3, 5e-4, 3e-4),
+        1e-6,
+    )
+    assert (train.rotation_deg, train.shift, train.flip, train.activation) == (15.0, 0.1, True, "elu")
+    assert load_section(raw, "evaluate") == EvaluateParams(batch_size=500)
+
+
+@pytest.mark.parametrize(
+    ("section", "cls", "raw", "message"),
+    [
+        ("train", TrainParams, {"epochs": -3}, "train.epochs must be a positive integer, got -3"),
+        ("train", TrainParams, {"epochs": 0}, "train.epochs must be a positive integer, got 0"),
+        ("train", TrainParams, {"epochs": "ten"}, "train.epochs must be an integer, got 'ten'"),
+        ("train", TrainParams, {"epochs": 2.5}, "train.epochs must be an integer, got 2.5"),
+        ("train", TrainParams, {"epochs": True}, "train.epochs must be an integer, got True"),
+        ("train", TrainParams, {"epoch": 3}, "train.epoch is not a known key"),
+        ("train", TrainParams, {"batch_size": 0}, "train.batch_size must be a positive integer, got 0"),
+        ("train", TrainParams, {"dropout": [0.2, 0.3, 1.0]}, "train.dropout rates must be in [0, 1), got [0.2, 0.3, 1.0]"),
+        ("train", TrainParams, {"dropout": [0.2]}, "train.dropout must have one rate per block (3), got [0.2]"),
+        ("train", TrainParams, {"lr_values": [1e-3]}, "train.lr_values must have one more value than train.lr_boundaries"),
+        ("train", TrainParams, {"lr_boundaries": [100, 75]}, "train.lr_boundaries must be positive and strictly increasing"),
+        ("train", TrainParams, {"widths": "32"}, "train.widths must be a list of int, got '32'"),
+        ("train", TrainParams, {"activation": "tanhh"}, "train.activation must be one of"),
+        ("train", TrainParams, {"mixed_precision": False}, "train.mixed_precision must be a string, got False"),
+        ("train", TrainParams, {"deterministic": "yes"}, "train.deterministic must be true or false, got 'yes'"),
+        ("normalize", NormalizeParams, {"val_size": -1}, "normalize.val_size must be a non-negative integer, got -1"),
+        ("normalize", NormalizeParams, {"method": "minmax"}, "normalize.method must be one of"),
+        ("download", DownloadParams, {"url": "x", "md5": "abc"}, "download.md5 must be 32 hexadecimal digits, got 'abc'"),
+        ("download", DownloadParams, {"url": "x"}, "download.md5 is missing from params.yaml"),
+        ("evaluate", EvaluateParams, {"batch_size": -5}, "evaluate.batch_size must be a positive integer, got -5"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_value(section, cls, raw, message):
+    with pytest.raises(ParamError) as info:
+        parse_section(cls, section, raw)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_numbers_written_without_a_dot_are_accepted_as_floats():
+    # YAML 1.1 reads `1e-3` as a string; users write it that way all the time.
+    params = parse_section(TrainParams, "train", {"lr_values": ["1e-3", 5e-4, "3e-4"], "weight_decay": 0})
+    assert params.lr_values == (1e-3, 5e-4, 3e-4)
+    assert params.weight_decay == 0.0
+
+
+def test_missing_section_and_unknown_section_are_refused():
+    raw = committed_params()
+    del raw["train"]
+    with pytest.raises(ParamError, match="params.yaml has no 'train' section"):
+        load_section(raw, "train")
+    raw = committed_params()
+    raw["trian"] = {}
+    with pytest.raises(ParamError, match="trian is not a known params.yaml section"):
+        validate_all(raw)
+
+
+def test_unreadable_params_file(tmp_path: Path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ParamError, match="is not valid YAML"):
+        read_params_file(bad)
+    with pytest.raises(ParamError, match="not found"):
+        read_params_file(tmp_path / "missing.yaml")
+
+
+def test_stage_exits_nonzero_with_one_line_and_writes_nothing(tmp_path: Path, archive):
+    path, md5 = archive
+    params = committed_params()
+    params["download"] = {"url": str(path), "md5": md5, "retries": -1}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "data" / "raw" / "cifar-10-python.tar.gz"
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.download", str(out)],
+        cwd=tmp_path,
+        env={**stage_env(), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: download.retries must be a non-negative integer, got -1"
+    assert not out.exists()

@@ -1,0 +1,131 @@
+"""End to end: real `dvc repro`, `dvc exp run` and `dvc metrics diff` in a throwaway git repo,
+downloading the synthetic archive from a local HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import stages.model  # noqa: F401  (registers the custom objects)
+from stages.cifar import CLASS_NAMES, load_train_test
+from tests.conftest import PER_BATCH, TEST_IMAGES, TINY_TRAIN, dvc, git, set_params
+
+pytestmark = pytest.mark.slow
+STAGES = ("download", "normalize", "train", "evaluate")
+
+
+def ran(output: str) -> set[str]:
+    """The stages a `dvc repro` / `dvc exp run` output says it ran."""
+    return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+@pytest.fixture()
+def served_project(project: Path, archive, http_server) -> Path:
+    """The project pointed at the synthetic archive on the local HTTP server, with tiny params, committed."""
+    path, md5 = archive
+    base, root = http_server
+    shutil.copy(path, root / "cifar-10-python.tar.gz")
+    set_params(
+        project,
+        {
+            "download": {"url": f"{base}/cifar-10-python.tar.gz", "md5": md5, "retries": 0},
+            "normalize": {"val_size": 20},
+            "train": TINY_TRAIN,
+            "evaluate": {"batch_size": 7},
+        },
+    )
+    git("commit", "-qam", "tiny params on the local archive", cwd=project)
+    return project
+
+
+def test_repro_produces_every_output_and_caches(served_project: Path, archive):
+    repo = served_project
+    first = dvc("repro", cwd=repo)
+    assert ran(first.stdout) == set(STAGES)
+
+    # Normalize: the split and the statistics.
+    stats = json.loads((repo / "data/normalized/stats.json").read_text())
+    assert stats["counts"] == {"train": 5 * PER_BATCH - 20, "val": 20, "test": TEST_IMAGES}
+    assert np.load(repo / "data/normalized/x_train.npy").dtype == np.float32
+
+    # Train: the three model files, DVCLive's per-epoch files, metrics/train.json.
+    for name in ("model.keras", "model.json", "model.weights.h5", "meta.json"):
+        assert (repo / "models" / name).is_file(), name
+    train_metrics = json.loads((repo / "metrics/train.json").read_text())
+    assert train_metrics["epochs"] == 1 and 0 <= train_metrics["val_accuracy"] <= 1
+    assert train_metrics["images_per_second"] > 0 and train_metrics["wall_seconds"] > 0
+    with (repo / "dvclive/plots/metrics/val/accuracy.tsv").open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert len(rows) == 1 and float(rows[0]["accuracy"]) == pytest.approx(train_metrics["val_accuracy"])
+    meta = json.loads((repo / "models/meta.json").read_text())
+    assert meta["seed"] == 42 and meta["train"]["widths"] == [4, 8, 8] and meta["class_names"] == list(CLASS_NAMES)
+
+    # Evaluate: metrics consistent with the per-image predictions the confusion plot reads.
+    scores = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert set(scores["per_class"]) == set(CLASS_NAMES)
+    with (repo / "metrics/predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == TEST_IMAGES
+    assert sum(r["actual"] == r["predicted"] for r in rows) / len(rows) == pytest.approx(scores["accuracy"])
+
+    # The saved model takes raw uint8 images, and the tutorial's json + weights give the same predictions.
+    _, test = load_train_test(archive[0])
+    model = keras.models.load_model(repo / "models/model.keras", compile=False)
+    probabilities = model.predict(test.images, verbose=0)
+    assert CLASS_NAMES[int(probabilities[0].argmax())] == rows[0]["predicted"]
+    twin = keras.models.model_from_json((repo / "models/model.json").read_text())
+    twin.load_weights(repo / "models/model.weights.h5")
+    assert np.allclose(twin.predict(test.images, verbose=0), probabilities, atol=1e-6)
+
+    # Nothing changed: nothing runs.
+    second = dvc("repro", cwd=repo)
+    assert ran(second.stdout) == set()
+    assert all(f"Stage '{s}' didn't change, skipping" in second.stdout for s in STAGES)
+
+
+def test_changing_params_reruns_exactly_the_affected_stages(served_project: Path):
+    repo = served_project
+    dvc("repro", cwd=repo)
+    set_params(repo, {"train": {"epochs": 2}})
+    assert ran(dvc("repro", cwd=repo).stdout) == {"train", "evaluate"}
+    assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 2
+
+    set_params(repo, {"normalize": {"val_size": 10}})
+    assert ran(dvc("repro", cwd=repo).stdout) == {"normalize", "train", "evaluate"}
+
+    set_params(repo, {"evaluate": {"batch_size": 3}})
+    assert ran(dvc("repro", cwd=repo).stdout) == {"evaluate"}
+
+    # Back to params seen before: DVC's run cache restores normalize's cached arrays instead of rerunning it.
+    # (train and evaluate rerun: their metrics are git-tracked, cache: false, which the run cache cannot restore.)
+    set_params(repo, {"normalize": {"val_size": 20}})
+    back = dvc("repro", cwd=repo).stdout
+    assert "normalize" not in ran(back) and "Stage 'normalize' is cached - skipping run, checking out outputs" in back
+
+
+def test_experiments_and_metrics_diff_across_commits(served_project: Path):
+    repo = served_project
+    dvc("repro", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "baseline run", cwd=repo)
+
+    exp = dvc("exp", "run", "-S", "train.epochs=2", cwd=repo)
+    assert ran(exp.stdout) == {"train", "evaluate"}
+    shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
+    experiments = [e for commit in shown for e in (commit.get("experiments") or [])]
+    assert experiments, shown
+    data = experiments[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == 2
+    assert data["metrics"]["metrics/train.json"]["data"]["epochs"] == 2
+    assert "accuracy" in data["metrics"]["metrics/evaluate.json"]["data"]
+
+    # The experiment's results are in the workspace: metrics diff against the committed baseline.
+    diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)
+    assert diff["metrics/train.json"]["epochs"] == {"old": 1, "new": 2, "diff": 1}

@@ -1,0 +1,68 @@
+"""The train stage's core on tiny synthetic data: it learns, it is reproducible, it refuses to diverge silently."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stages.cifar import load_train_test
+from stages.errors import StageError
+from stages.normalize import compute_stats, normalize_images
+from stages.params import TrainParams
+from stages.train import configure_runtime, summarize, train_model
+
+TINY = dict(batch_size=16, widths=(4, 8, 8), lr_boundaries=(1,), lr_values=(3e-3, 1e-3))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(archive):
+    train, test = load_train_test(archive[0])
+    stats = compute_stats(train.images[:80], "global", 1e-7)
+    arrays = {
+        "x_train": normalize_images(train.images[:80], stats),
+        "y_train": train.labels[:80],
+        "x_val": normalize_images(train.images[80:], stats),
+        "y_val": train.labels[80:],
+    }
+    return arrays, stats, test
+
+
+def _train(tiny_data, **overrides):
+    arrays, stats, _ = tiny_data
+    params = TrainParams(**{**TINY, "epochs": 2, **overrides})
+    configure_runtime(params, seed=5)
+    return train_model(arrays, stats, params, seed=5), params
+
+
+def test_training_logs_every_epoch_and_returns_a_uint8_model(tiny_data):
+    result, params = _train(tiny_data, epochs=3)
+    assert set(result.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert len(result.history["loss"]) == 3 and len(result.epoch_seconds) == 3
+    assert result.history["loss"][-1] < result.history["loss"][0]  # it learns the class colours
+    _, _, test = tiny_data
+    probabilities = result.model.predict(test.images, verbose=0)
+    assert probabilities.shape == (len(test.images), 10)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    summary = summarize(result, params, "CPU", 12.5)
+    assert summary["epochs"] == 3 and summary["accuracy"] == pytest.approx(result.history["accuracy"][-1])
+    assert summary["images_per_second"] > 0 and summary["wall_seconds"] == 12.5
+
+
+def test_deterministic_reruns_are_identical(tiny_data):
+    first, _ = _train(tiny_data, deterministic=True)
+    second, _ = _train(tiny_data, deterministic=True)
+    assert first.history == second.history
+    for a, b in zip(first.model.get_weights(), second.model.get_weights()):
+        assert np.array_equal(a, b)
+
+
+def test_bfloat16_training_exports_a_float32_model(tiny_data):
+    result, _ = _train(tiny_data, mixed_precision="bfloat16", epochs=1)
+    assert {w.dtype for w in result.model.get_weights()} == {np.dtype(np.float32)}
+    assert all(layer.dtype_policy.name == "float32" for layer in result.model.layers[-1].layers)
+    configure_runtime(TrainParams(), seed=0)  # back to float32 for the other tests
+
+
+def test_divergence_stops_with_the_epoch_and_the_params_to_look_at(tiny_data):
+    with pytest.raises(StageError, match=r"training diverged: loss is nan in epoch 1; lower train.lr_values"):
+        _train(tiny_data, optimizer="sgd", lr_boundaries=(), lr_values=(1e6,), weight_decay=0, epochs=2)
