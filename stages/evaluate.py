@@ -1,8 +1,10 @@
 """Stage 4: score the saved model on the test batch, read straight from the archive as raw uint8 images.
 
 Testing the raw-image model end to end checks the normalization it carries, not just the network.
-Writes metrics/evaluate.json (accuracy, loss, per-class accuracy, precision and recall)
-and one row per test image (actual, predicted) for DVC's confusion-matrix plot.
+Writes metrics/evaluate.json (accuracy, loss, per-class accuracy, precision and recall),
+one row per test image (actual, predicted) for DVC's confusion-matrix plot, and PNGs: the
+labelled confusion matrix, the first 16 test images with their predictions (the tutorial's grid),
+and the most confident mistakes of each class.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import stages.model  # noqa: E402,F401  (registers the custom objects a saved model may name)
-from stages.atomic import atomic_file, write_json  # noqa: E402
+from stages.atomic import atomic_dir, atomic_file, write_json  # noqa: E402
 from stages.cifar import CLASS_NAMES, IMAGE_SHAPE, load_train_test  # noqa: E402
 from stages.errors import DataError, run_stage  # noqa: E402
+from stages.figures import confusion_png, first_predictions_grid, mistakes_grid  # noqa: E402
 from stages.params import EvaluateParams, load_section, read_params_file  # noqa: E402
 
 LOSS_FLOOR = 1e-7  # probabilities are clipped here before the log, as Keras' cross-entropy does
@@ -89,6 +92,7 @@ def main() -> None:
     parser.add_argument("archive", type=Path, help="the CIFAR-10 archive (its test batch is scored)")
     parser.add_argument("metrics", type=Path, help="metrics/evaluate.json")
     parser.add_argument("predictions", type=Path, help="CSV of actual and predicted classes")
+    parser.add_argument("figures", type=Path, help="folder for the PNG figures")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params: EvaluateParams = load_section(read_params_file(args.params), "evaluate")
@@ -98,6 +102,12 @@ def main() -> None:
     probabilities = predict_probabilities(model, test.images, params.batch_size)
     seconds = time.perf_counter() - start
     scores = score_predictions(probabilities, test.labels, CLASS_NAMES)
+    predicted = probabilities.argmax(axis=1)
+    with atomic_dir(args.figures) as tmp:
+        counts = confusion_matrix(test.labels.astype(np.int64), predicted, len(CLASS_NAMES))
+        confusion_png(counts, CLASS_NAMES, tmp / "confusion.png", scores["accuracy"])
+        first_predictions_grid(test.images, test.labels, predicted, CLASS_NAMES, tmp / "first_predictions.png")
+        mistakes_grid(test.images, probabilities, test.labels, CLASS_NAMES, tmp / "mistakes.png")
     write_predictions(args.predictions, test.labels, probabilities)
     write_json(args.metrics, scores)
     print(f"evaluate: test accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f} on {scores['count']} images "

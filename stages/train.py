@@ -2,7 +2,8 @@
 
 Writes models/model.keras (normalization inside), the tutorial's models/model.json +
 models/model.weights.h5, models/meta.json (resolved params, statistics, class names),
-per-epoch DVCLive logs, and metrics/train.json.
+per-epoch DVCLive logs, and metrics/train.json. A checkpoint after every epoch lets a killed
+run continue where it stopped (stages/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 from dvclive import Live  # noqa: E402
 
 from stages.atomic import atomic_dir, write_json  # noqa: E402
+from stages.checkpoint import Resume, fingerprint, load_checkpoint, save_checkpoint  # noqa: E402
 from stages.cifar import CLASS_NAMES  # noqa: E402
 from stages.errors import StageError, run_stage  # noqa: E402
 from stages.input_pipeline import eval_dataset, steps_per_epoch, train_dataset  # noqa: E402
@@ -36,9 +38,10 @@ VAL_BATCH = 500  # images per validation step; no effect on the result
 @dataclass
 class TrainResult:
     model: keras.Model  # the inference model: raw uint8 in, probabilities out
-    history: dict[str, list[float]]  # per-epoch logs from fit
+    history: dict[str, list[float]]  # per-epoch logs, resumed epochs included
     epoch_seconds: list[float]  # training time of each epoch, validation excluded
     num_train: int
+    resumed_from: int  # epochs taken from a checkpoint (0: trained from scratch)
 
 
 def configure_runtime(params: TrainParams, seed: int) -> str:
@@ -52,14 +55,19 @@ def configure_runtime(params: TrainParams, seed: int) -> str:
 
 
 class EpochLog(keras.callbacks.Callback):
-    """Times each epoch's training part and logs every epoch's metrics and learning rate to DVCLive."""
+    """Times each epoch's training part, stops at a non-finite loss, logs to DVCLive, saves a checkpoint."""
 
-    def __init__(self, live: Live | None) -> None:
+    def __init__(self, live: Live | None, checkpoints: Path | None, run_fingerprint: str, resume: Resume) -> None:
         super().__init__()
         self.live = live
-        self.epoch_seconds: list[float] = []
+        self.checkpoints = checkpoints
+        self.run_fingerprint = run_fingerprint
+        self.history: dict[str, list[float]] = {k: list(v) for k, v in resume.history.items()}
+        self.epoch_seconds: list[float] = list(resume.epoch_seconds)
         self._start = 0.0
         self._train_end: float | None = None
+        for epoch in range(resume.epochs_done):  # the resumed epochs' curves, so DVCLive's plots stay whole
+            self._log({k: v[epoch] for k, v in self.history.items()}, self.epoch_seconds[epoch])
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._start, self._train_end = time.perf_counter(), None
@@ -70,8 +78,7 @@ class EpochLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         end = self._train_end if self._train_end is not None else time.perf_counter()
-        self.epoch_seconds.append(end - self._start)
-        logs = logs or {}
+        logs = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
         loss = logs.get("loss")
         if loss is None or not np.isfinite(loss):
             self.model.stop_training = True
@@ -79,42 +86,69 @@ class EpochLog(keras.callbacks.Callback):
                 f"training diverged: loss is {loss} in epoch {epoch + 1}; "
                 "lower train.lr_values or check train.optimizer and train.weight_decay"
             )
+        logs["learning_rate"] = float(self.model.optimizer.learning_rate)  # the rate the next step will use
+        for name, value in logs.items():
+            self.history.setdefault(name, []).append(value)
+        self.epoch_seconds.append(end - self._start)
+        self._log(logs, self.epoch_seconds[-1])
+        if self.checkpoints is not None:
+            save_checkpoint(self.checkpoints, self.model, epoch + 1, self.history, self.epoch_seconds,
+                            self.run_fingerprint)
+
+    def _log(self, logs: dict[str, float], seconds: float) -> None:
         if self.live is None:
             return
         for name, value in logs.items():
             if name == "learning_rate":
-                continue
-            split = "val" if name.startswith("val_") else "train"
-            self.live.log_metric(f"{split}/{name.removeprefix('val_')}", float(value))
-        optimizer = self.model.optimizer
-        self.live.log_metric("learning_rate", float(optimizer.learning_rate), plot=True)
-        self.live.log_metric("epoch_seconds", self.epoch_seconds[-1])
+                self.live.log_metric(name, value)
+            else:
+                split = "val" if name.startswith("val_") else "train"
+                self.live.log_metric(f"{split}/{name.removeprefix('val_')}", value)
+        self.live.log_metric("epoch_seconds", seconds)
         self.live.next_step()
 
 
 def train_model(
-    arrays: dict[str, np.ndarray], stats: Stats, params: TrainParams, seed: int, live: Live | None = None
+    arrays: dict[str, np.ndarray],
+    stats: Stats,
+    params: TrainParams,
+    seed: int,
+    live: Live | None = None,
+    checkpoints: Path | None = None,
 ) -> TrainResult:
-    """Train the CNN on normalized arrays (x_train, y_train, x_val, y_val) and return the inference model."""
+    """Train the CNN on normalized arrays (x_train, y_train, x_val, y_val) and return the inference model.
+
+    With `checkpoints`, a checkpoint is saved there after every epoch, and a matching one found
+    there at the start is resumed from.
+    """
     x_train, y_train = arrays["x_train"], arrays["y_train"]
     x_val, y_val = arrays["x_val"], arrays["y_val"]
     steps = steps_per_epoch(len(x_train), params.batch_size)
-    core = build_seed_cnn(params)
-    core.compile(
-        optimizer=make_optimizer(params, steps),
-        loss=keras.losses.SparseCategoricalCrossentropy(),  # categorical cross-entropy on integer labels
-        metrics=["accuracy"],
-    )
-    epoch_log = EpochLog(live)
-    history = core.fit(
-        train_dataset(x_train, y_train, params, seed),
-        epochs=params.epochs,
-        steps_per_epoch=steps,
-        shuffle=False,  # the dataset shuffles itself, seeded per epoch
-        validation_data=eval_dataset(x_val, y_val, VAL_BATCH) if len(x_val) else None,
-        callbacks=[epoch_log],
-        verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, one line per epoch in logs
-    )
+    run_fingerprint = fingerprint(params, seed, arrays, stats)
+    resume = load_checkpoint(checkpoints, run_fingerprint, params.epochs) if checkpoints else Resume(None)
+    if checkpoints:
+        print(f"train: {resume.reason}")
+    if resume.model is not None:
+        core = resume.model
+    else:
+        core = build_seed_cnn(params)
+        core.compile(
+            optimizer=make_optimizer(params, steps),
+            loss=keras.losses.SparseCategoricalCrossentropy(),  # categorical cross-entropy on integer labels
+            metrics=["accuracy"],
+        )
+    epoch_log = EpochLog(live, checkpoints, run_fingerprint, resume)
+    if resume.epochs_done < params.epochs:
+        core.fit(
+            train_dataset(x_train, y_train, params, seed, start_epoch=resume.epochs_done),
+            initial_epoch=resume.epochs_done,
+            epochs=params.epochs,
+            steps_per_epoch=steps,
+            shuffle=False,  # the dataset shuffles itself, seeded per epoch
+            validation_data=eval_dataset(x_val, y_val, VAL_BATCH) if len(x_val) else None,
+            callbacks=[epoch_log],
+            verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, one line per epoch in logs
+        )
     # Export in float32 whatever the training precision, so the model runs anywhere at full accuracy.
     training_policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy("float32")
@@ -124,14 +158,15 @@ def train_model(
         model = build_inference_model(export_core, stats)
     finally:
         keras.mixed_precision.set_dtype_policy(training_policy)
-    return TrainResult(model, history.history, epoch_log.epoch_seconds, len(x_train))
+    return TrainResult(model, epoch_log.history, epoch_log.epoch_seconds, len(x_train), resume.epochs_done)
 
 
 def summarize(result: TrainResult, params: TrainParams, device: str, wall_seconds: float) -> dict:
     """Return metrics/train.json: final losses and accuracies, cost and speed."""
     last = {name: float(values[-1]) for name, values in result.history.items()}
-    # Speed is steady-state: the first epoch also pays for tracing the graph, so leave it out when we can.
-    timed = result.epoch_seconds[1:] or result.epoch_seconds
+    # Speed is steady-state: the first epoch of a process also pays for tracing the graph; leave it out when we can.
+    first = result.resumed_from if result.resumed_from < len(result.epoch_seconds) else 0
+    timed = [s for i, s in enumerate(result.epoch_seconds) if i != first] or result.epoch_seconds
     return {
         "accuracy": last["accuracy"],
         "loss": last["loss"],
@@ -141,6 +176,7 @@ def summarize(result: TrainResult, params: TrainParams, device: str, wall_second
         "wall_seconds": round(wall_seconds, 2),
         "seconds_per_epoch": round(float(np.mean(timed)), 2),
         "images_per_second": round(result.num_train * len(timed) / float(np.sum(timed)), 1),
+        "resumed_from_epoch": result.resumed_from,
         "device": device,
         "mixed_precision": params.mixed_precision,
     }
@@ -160,6 +196,7 @@ def main() -> None:
     parser.add_argument("models", type=Path, help="folder for the trained model files")
     parser.add_argument("live", type=Path, help="DVCLive folder for per-epoch metrics")
     parser.add_argument("metrics", type=Path, help="metrics/train.json")
+    parser.add_argument("checkpoints", type=Path, help="folder for end-of-epoch checkpoints (kept between runs)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     raw = read_params_file(args.params)
@@ -174,7 +211,7 @@ def main() -> None:
     # dvcyaml=False: dvc.yaml is hand-written and declares the plots; DVCLive only writes its files.
     with Live(str(args.live), dvcyaml=False, save_dvc_exp=False) as live:
         live.log_params({"seed": seed, **as_dict(params)})
-        result = train_model(arrays, stats, params, seed, live)
+        result = train_model(arrays, stats, params, seed, live, args.checkpoints)
     wall = time.perf_counter() - start
 
     meta = {"seed": seed, "train": as_dict(params), "stats": stats.to_json(), "class_names": list(CLASS_NAMES)}

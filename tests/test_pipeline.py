@@ -18,7 +18,7 @@ from stages.cifar import CLASS_NAMES, load_train_test
 from tests.conftest import PER_BATCH, TEST_IMAGES, TINY_TRAIN, dvc, git, set_params
 
 pytestmark = pytest.mark.slow
-STAGES = ("download", "normalize", "train", "evaluate")
+STAGES = ("download", "normalize", "train", "evaluate", "preview")
 
 
 def ran(output: str) -> set[str]:
@@ -75,6 +75,28 @@ def test_repro_produces_every_output_and_caches(served_project: Path, archive):
     assert len(rows) == TEST_IMAGES
     assert sum(r["actual"] == r["predicted"] for r in rows) / len(rows) == pytest.approx(scores["accuracy"])
 
+    # The confusion matrix's diagonal over its total is the accuracy.
+    counts = np.zeros((10, 10), int)
+    for r in rows:
+        counts[CLASS_NAMES.index(r["actual"]), CLASS_NAMES.index(r["predicted"])] += 1
+    assert np.trace(counts) / counts.sum() == pytest.approx(scores["accuracy"])
+    for cls, i in zip(CLASS_NAMES, range(10)):
+        if counts[i].sum():
+            assert scores["per_class"][cls] == pytest.approx(counts[i, i] / counts[i].sum(), abs=1e-4)
+
+    # The pictures: PNGs that DVC declares as image plots.
+    for name in ("plots/evaluate/confusion.png", "plots/evaluate/first_predictions.png",
+                 "plots/evaluate/mistakes.png", "plots/augmented.png"):
+        assert (repo / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    shown = json.loads(dvc("plots", "show", "--json", cwd=repo).stdout)["data"]
+    assert set(shown) >= {"plots/augmented.png", "plots/evaluate/mistakes.png", "plots/evaluate/confusion.png",
+                          "plots/evaluate/first_predictions.png", "Loss", "Accuracy", "Learning rate",
+                          "Confusion matrix (test set)"}
+    points = shown["Loss"][0]["content"]["data"]["values"]
+    assert {p["filename"] for p in points} == {"train/loss.tsv", "val/loss.tsv"}  # both curves on one chart
+    val_point = next(p for p in points if p["filename"] == "val/loss.tsv")
+    assert float(val_point["loss"]) == pytest.approx(train_metrics["val_loss"])
+
     # The saved model takes raw uint8 images, and the tutorial's json + weights give the same predictions.
     _, test = load_train_test(archive[0])
     model = keras.models.load_model(repo / "models/model.keras", compile=False)
@@ -98,10 +120,13 @@ def test_changing_params_reruns_exactly_the_affected_stages(served_project: Path
     assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 2
 
     set_params(repo, {"normalize": {"val_size": 10}})
-    assert ran(dvc("repro", cwd=repo).stdout) == {"normalize", "train", "evaluate"}
+    assert ran(dvc("repro", cwd=repo).stdout) == {"normalize", "train", "evaluate", "preview"}
 
     set_params(repo, {"evaluate": {"batch_size": 3}})
     assert ran(dvc("repro", cwd=repo).stdout) == {"evaluate"}
+
+    set_params(repo, {"train": {"rotation_deg": 5.0}})  # augmentation: its preview and training rerun
+    assert ran(dvc("repro", cwd=repo).stdout) == {"train", "evaluate", "preview"}
 
     # Back to params seen before: DVC's run cache restores normalize's cached arrays instead of rerunning it.
     # (train and evaluate rerun: their metrics are git-tracked, cache: false, which the run cache cannot restore.)

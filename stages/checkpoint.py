@@ -1,0 +1,97 @@
+"""End-of-epoch training checkpoints, so a killed train stage continues from its last finished epoch.
+
+A checkpoint is the compiled training model saved as .keras (weights, optimizer slots and step
+counter, hence the learning-rate schedule position) plus state.json: the epochs done, their logs
+and timings, the dropout layers' seed-generator states (Keras' loader resets them to 0, so they are
+stored apart), and a fingerprint of the train params and the input data.
+The input pipeline's randomness is keyed by (seed, epoch) and (seed, step), so it needs no state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import stages.model  # noqa: F401  (registers the learning-rate schedule for loading)
+from stages.atomic import atomic_dir
+from stages.normalize import Stats
+from stages.params import TrainParams, as_dict
+
+MODEL_FILE = "train_state.keras"
+STATE_FILE = "state.json"
+
+
+def fingerprint(params: TrainParams, seed: int, arrays: dict[str, np.ndarray], stats: Stats) -> str:
+    """Return a hash of everything that shapes the training run except the number of epochs.
+
+    Leaving `epochs` out lets a finished run be extended (3 -> 10 epochs) from its checkpoint:
+    nothing in the run depends on the total, so the result equals a straight 10-epoch run.
+    """
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in as_dict(params).items() if k != "epochs"}
+    digest.update(json.dumps({"seed": seed, "train": settings, "stats": stats.to_json()}, sort_keys=True).encode())
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}{array.dtype}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+@dataclass
+class Resume:
+    model: keras.Model | None  # the compiled training model, or None to start fresh
+    epochs_done: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+    epoch_seconds: list[float] = field(default_factory=list)
+    reason: str = ""  # what the log says about the decision
+
+
+def _seed_states(model: keras.Model) -> list:
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def save_checkpoint(
+    folder: Path, model: keras.Model, epochs_done: int, history: dict, epoch_seconds: list[float], run_fingerprint: str
+) -> None:
+    """Replace the checkpoint in `folder` with the model after `epochs_done` epochs, atomically."""
+    with atomic_dir(folder) as tmp:
+        model.save(tmp / MODEL_FILE)
+        state = {
+            "epochs_done": epochs_done,
+            "fingerprint": run_fingerprint,
+            "history": history,
+            "epoch_seconds": epoch_seconds,
+            "seed_states": [np.asarray(v.numpy()).tolist() for v in _seed_states(model)],
+        }
+        (tmp / STATE_FILE).write_text(json.dumps(state) + "\n")
+
+
+def load_checkpoint(folder: Path, run_fingerprint: str, epochs: int) -> Resume:
+    """Return where to start: the checkpoint in `folder` if it matches `run_fingerprint` and fits in `epochs`."""
+    state_path = folder / STATE_FILE
+    if not state_path.is_file():
+        return Resume(None, reason="no checkpoint, starting at epoch 1")
+    try:
+        state = json.loads(state_path.read_text())
+        done = int(state["epochs_done"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return Resume(None, reason=f"checkpoint unreadable ({exc!r}), starting fresh")
+    if state.get("fingerprint") != run_fingerprint:
+        return Resume(None, reason="train params, seed or input data changed since the checkpoint, starting fresh")
+    if done > epochs:
+        return Resume(None, reason=f"checkpoint is at epoch {done}, past train.epochs={epochs}, starting fresh")
+    try:
+        model = keras.models.load_model(folder / MODEL_FILE)
+        variables, saved = _seed_states(model), state["seed_states"]
+        if len(variables) != len(saved):
+            raise ValueError(f"{len(saved)} seed states for {len(variables)} generators")
+        for variable, value in zip(variables, saved):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+    except Exception as exc:  # a damaged file must not stop training, only the resume
+        return Resume(None, reason=f"checkpoint model unreadable ({type(exc).__name__}), starting fresh")
+    return Resume(model, done, state["history"], state["epoch_seconds"], f"resuming after epoch {done} of {epochs}")

@@ -1,0 +1,106 @@
+"""Pictures people would rather look at than read: image grids and a labelled confusion matrix (PNG).
+
+Pure functions from arrays to a saved PNG; matplotlib runs headless (Agg).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from stages.atomic import atomic_file  # noqa: E402
+
+DPI = 100
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+def labelled_grid(images: np.ndarray, titles: list[str], colours: list[str], columns: int, path: Path,
+                  suptitle: str) -> None:
+    """Save uint8 images (N, 32, 32, 3) in a grid, each with its title in its colour."""
+    rows = max(1, int(np.ceil(len(images) / columns)))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.75 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title, colour in zip(axes.flat, images, titles, colours):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(title, fontsize=8, color=colour)
+    fig.suptitle(suptitle, fontsize=10)
+    _save(fig, path)
+
+
+def first_predictions_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
+                           class_names: tuple[str, ...], path: Path, count: int = 16) -> None:
+    """The tutorial's grid: the first `count` test images, titled "true -> predicted" (red when wrong)."""
+    n = min(count, len(images))
+    titles = [f"{class_names[t]}\n-> {class_names[p]}" for t, p in zip(labels[:n], predicted[:n])]
+    colours = ["tab:green" if t == p else "tab:red" for t, p in zip(labels[:n], predicted[:n])]
+    labelled_grid(images[:n], titles, colours, 4, path, f"First {n} test images: true -> predicted")
+
+
+def confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, per_class: int) -> list[np.ndarray]:
+    """For each class, the indices of its images the model got wrong, most confident mistake first."""
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    rows = []
+    for c in range(probabilities.shape[1]):
+        wrong = np.flatnonzero((labels == c) & (predicted != c))
+        rows.append(wrong[np.argsort(-confidence[wrong], kind="stable")][:per_class])
+    return rows
+
+
+def mistakes_grid(images: np.ndarray, probabilities: np.ndarray, labels: np.ndarray,
+                  class_names: tuple[str, ...], path: Path, per_class: int = 8) -> None:
+    """A row per true class: its most confident mistakes, titled with the predicted class and probability."""
+    rows = confident_mistakes(probabilities, labels, per_class)
+    fig, axes = plt.subplots(len(class_names), per_class, figsize=(1.5 * per_class, 1.6 * len(class_names)),
+                             squeeze=False)
+    for c, (row, name) in enumerate(zip(rows, class_names)):
+        for k in range(per_class):
+            ax = axes[c, k]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if k == 0:
+                ax.set_ylabel(name, fontsize=9, rotation=0, ha="right", va="center")
+            if k < len(row):
+                i = row[k]
+                ax.imshow(images[i], interpolation="nearest")
+                ax.set_title(f"{class_names[probabilities[i].argmax()]} {probabilities[i].max():.2f}", fontsize=7)
+    fig.suptitle("Most confident mistakes per true class (title: predicted class, probability)", fontsize=10)
+    _save(fig, path)
+
+
+def confusion_png(counts: np.ndarray, class_names: tuple[str, ...], path: Path, accuracy: float) -> None:
+    """The confusion matrix with class names and counts; rows are true classes."""
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    shown = ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class")
+    threshold = counts.max() / 2 if counts.size else 0
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if counts[i, j] > threshold else "black")
+    fig.colorbar(shown, ax=ax, fraction=0.046)
+    ax.set_title(f"Confusion matrix (test accuracy {accuracy:.2%})")
+    _save(fig, path)
+
+
+def to_display(normalized: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], eps: float) -> np.ndarray:
+    """Undo z-scoring for display: float (N, 32, 32, 3) -> uint8."""
+    raw = normalized * (np.asarray(std) + eps) + np.asarray(mean)
+    return np.clip(np.rint(raw), 0, 255).astype(np.uint8)

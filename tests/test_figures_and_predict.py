@@ -1,0 +1,127 @@
+"""The pictures (grids, confusion matrix) and cifar10-predict on files of any size and on broken ones."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages.cifar import CLASS_NAMES
+from stages.figures import confident_mistakes, confusion_png, first_predictions_grid, mistakes_grid, to_display
+from stages.model import build_inference_model, build_seed_cnn
+from stages.normalize import Stats
+from stages.params import TrainParams
+from stages.predict import load_image, main as predict_main, top_k
+from tests.conftest import ROOT, stage_env
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def test_grids_and_confusion_png(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(40, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(40) % 10
+    probabilities = rng.dirichlet(np.ones(10), size=40)
+    first_predictions_grid(images, labels, probabilities.argmax(1), CLASS_NAMES, tmp_path / "first.png")
+    mistakes_grid(images, probabilities, labels, CLASS_NAMES, tmp_path / "mistakes.png", per_class=4)
+    counts = np.bincount(labels * 10 + probabilities.argmax(1), minlength=100).reshape(10, 10)
+    confusion_png(counts, CLASS_NAMES, tmp_path / "confusion.png", 0.1)
+    w_first, h_first = _png_size(tmp_path / "first.png")
+    w_mistakes, h_mistakes = _png_size(tmp_path / "mistakes.png")
+    assert w_first > 200 and h_first > 200
+    assert h_mistakes > w_mistakes  # ten rows of four
+    assert _png_size(tmp_path / "confusion.png")[0] > 400
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png", "first.png", "mistakes.png"]
+
+
+def test_confident_mistakes_are_wrong_and_sorted():
+    labels = np.array([0, 0, 0, 1, 1])
+    probabilities = np.array([
+        [0.1, 0.9], [0.3, 0.7], [0.8, 0.2],  # class 0: two mistakes, 0.9 then 0.7
+        [0.6, 0.4], [0.2, 0.8],  # class 1: one mistake
+    ])
+    rows = confident_mistakes(probabilities, labels, per_class=5)
+    assert rows[0].tolist() == [0, 1] and rows[1].tolist() == [3]
+
+
+def test_display_undoes_normalization():
+    raw = np.random.default_rng(1).integers(0, 256, size=(2, 32, 32, 3)).astype(np.uint8)
+    stats = Stats((120.0,), (60.0,), 1e-7)
+    normalized = (raw.astype(np.float32) - 120.0) / (60.0 + 1e-7)
+    assert np.array_equal(to_display(normalized, stats.mean, stats.std, stats.eps), raw)
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> Path:
+    core = build_seed_cnn(TrainParams(widths=(4, 4, 4)))
+    model = build_inference_model(core, Stats((120.0,), (64.0,), 1e-7))
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    return path
+
+
+def _images(tmp_path: Path) -> list[Path]:
+    rng = np.random.default_rng(2)
+    png, jpeg = tmp_path / "big.png", tmp_path / "small photo.jpg"
+    Image.fromarray(rng.integers(0, 256, (300, 200, 4), dtype=np.uint8), "RGBA").save(png)
+    Image.fromarray(rng.integers(0, 256, (17, 45, 3), dtype=np.uint8)).save(jpeg, quality=80)
+    return [png, jpeg]
+
+
+def test_load_image_resizes_any_size_and_mode(tmp_path: Path):
+    for path in _images(tmp_path):
+        image = load_image(path)
+        assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+
+
+def test_top_k_is_ranked():
+    probabilities = np.array([[0.05, 0.5, 0.1, 0.35] + [0.0] * 6])
+    assert [c for c, _ in top_k(probabilities, 3)[0]] == ["automobile", "cat", "bird"]
+
+
+def test_predict_classifies_files_and_reports_broken_ones(tmp_path: Path, saved_model: Path, capsys):
+    png, jpeg = _images(tmp_path)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a PNG")
+    status = predict_main([str(png), str(broken), str(jpeg), "--model", str(saved_model), "--json"])
+    out, err = capsys.readouterr()
+    assert status == 1  # one file failed
+    assert err.strip() == f"error: {broken}: not a readable image (UnidentifiedImageError)"
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["image"] for r in records] == [str(png), str(jpeg)]
+    for record in records:
+        assert len(record["top"]) == 3 and all(t["class"] in CLASS_NAMES for t in record["top"])
+        probs = [t["probability"] for t in record["top"]]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+    # The same probabilities as the model itself gives on the resized image.
+    model = keras.models.load_model(saved_model, compile=False)
+    direct = model.predict(load_image(png)[None], verbose=0)[0]
+    assert records[0]["top"][0]["probability"] == pytest.approx(float(direct.max()), abs=1e-5)
+
+
+def test_predict_on_test_samples_as_text(archive, saved_model: Path, capsys):
+    assert predict_main(["--test-samples", "5", "--archive", str(archive[0]), "--model", str(saved_model)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and lines[0].startswith("test:0: ") and "(true: " in lines[0]
+
+
+def test_installed_command_runs(tmp_path: Path, saved_model: Path):
+    """The console script from pyproject.toml, as a user runs it after `pip install`."""
+    script = Path(sys.executable).parent / "cifar10-predict"
+    if not script.exists():
+        pytest.skip("package not installed in this environment (make test installs it)")
+    png, _ = _images(tmp_path)
+    result = subprocess.run([str(script), str(png), "--model", str(saved_model)], capture_output=True, text=True,
+                            env=stage_env(), cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{png}: ") and len(result.stdout.split("  ")) == 3
