@@ -200,3 +200,16 @@ def test_two_queued_experiments_run_in_parallel_without_touching_each_other(proj
     # The workspace was not touched by either run.
     assert not (project / "models").exists() and yaml.safe_load((project / "params.yaml").read_text())["train"][
         "epochs"] == 1
+
+
+def test_diverging_training_stops_with_one_line_and_writes_no_result(train_workdir: Path):
+    params = yaml.safe_load((train_workdir / "params.yaml").read_text())
+    params["train"].update({"optimizer": "sgd", "lr_boundaries": [], "lr_values": [1.0e6], "weight_decay": 0.0})
+    (train_workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run(_train_cmd("nan"), cwd=train_workdir, env=_env(), capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: training diverged: loss is nan in epoch 1; "
+        "lower train.lr_values or check train.optimizer and train.weight_decay"
+    )
+    assert not (train_workdir / "nan/train.json").exists() and not (train_workdir / "nan/models").exists()
