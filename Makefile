@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv repro test test-fast lock benchmark clean-venv
+.PHONY: venv repro test test-fast lint lock benchmark clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test-fast: $(STAMP)  ## unit tests only, without the end-to-end dvc runs
 
 benchmark: $(STAMP)  ## images per second of the input pipeline and of training (see benchmarks/)
 	python benchmarks/throughput.py
+
+lint: $(STAMP)  ## ruff (pinned in requirements.lock)
+	python -m ruff check stages tests benchmarks
 
 lock: $(STAMP)  ## re-pin requirements.lock from the current environment
 	(echo "# Pinned environment for Python 3.11 on Linux x86-64, CPU (pip freeze of a fresh venv: make lock)."; python -m pip freeze --exclude-editable) > requirements.lock

@@ -16,14 +16,14 @@ import time
 import keras
 import numpy as np
 
-from stages.model import build_seed_cnn, make_optimizer
+from stages.model import DTYPE_POLICIES, build_seed_cnn, make_optimizer
 from stages.params import TrainParams
 
 EPOCH_IMAGES = 40_000  # the default split: 50,000 - 5,000 validation (- 5,000 holdout on the shared archive)
 
 
 def images_per_second(batch: int, precision: str, steps: int) -> float:
-    keras.mixed_precision.set_dtype_policy({"none": "float32", "bfloat16": "mixed_bfloat16"}[precision])
+    keras.mixed_precision.set_dtype_policy(DTYPE_POLICIES[precision])
     params = TrainParams(batch_size=batch)
     model = build_seed_cnn(params)
     model.compile(make_optimizer(params, 625), keras.losses.SparseCategoricalCrossentropy())

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from stages.input_pipeline import steps_per_epoch, train_dataset  # noqa: E402
-from stages.model import build_seed_cnn, make_optimizer  # noqa: E402
+from stages.model import DTYPE_POLICIES, build_seed_cnn, make_optimizer  # noqa: E402
 from stages.params import TrainParams  # noqa: E402
 
 WARMUP = 10
@@ -38,12 +38,13 @@ def pipeline_rate(x: np.ndarray, y: np.ndarray, params: TrainParams, steps: int)
 
 def training_rate(x: np.ndarray, y: np.ndarray, params: TrainParams, steps: int, jit: bool) -> float:
     """Images per second of `fit` on the pipeline: forward, backward and update included."""
-    keras.mixed_precision.set_dtype_policy(
-        {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[params.mixed_precision]
-    )
+    keras.mixed_precision.set_dtype_policy(DTYPE_POLICIES[params.mixed_precision])
     model = build_seed_cnn(params)
-    model.compile(make_optimizer(params, steps_per_epoch(len(x), params.batch_size)),
-                  keras.losses.SparseCategoricalCrossentropy(), jit_compile=jit)
+    model.compile(
+        make_optimizer(params, steps_per_epoch(len(x), params.batch_size)),
+        keras.losses.SparseCategoricalCrossentropy(),
+        jit_compile=jit,
+    )
     ds = train_dataset(x, y, params, seed=0)
     model.fit(ds, steps_per_epoch=WARMUP, epochs=1, verbose=0)
     start = time.perf_counter()
@@ -67,7 +68,7 @@ def main() -> None:
         params = TrainParams(batch_size=batch, epochs=1000)
         print(f"batch {batch:4d}  input pipeline alone      {pipeline_rate(x, y, params, args.steps):9.0f} images/s")
         for precision in args.precision:
-            for jit in ([False, True] if args.jit else [False]):
+            for jit in [False, True] if args.jit else [False]:
                 p = TrainParams(batch_size=batch, epochs=1000, mixed_precision=precision)
                 rate = training_rate(x, y, p, args.steps, jit)
                 print(f"batch {batch:4d}  training {precision:9s} jit={str(jit):5s} {rate:9.0f} images/s")

@@ -11,7 +11,6 @@ import argparse
 import hashlib
 import http.client
 import shutil
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -87,9 +86,12 @@ def fetch_http(url: str, part: Path, timeout: float, retries: int, backoff_s: fl
             if exc.code < 500 or attempt == retries:
                 raise StageError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
             reason = f"HTTP {exc.code}"
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
             if attempt == retries:
-                raise StageError(f"download of {url} failed after {retries + 1} attempts: {exc}") from None
+                raise StageError(
+                    f"download of {url} failed after {retries + 1} attempts: {exc}; "
+                    "for a mirror or a local copy, set download.url (see README)"
+                ) from None
             reason = str(exc) or type(exc).__name__
         wait = min(backoff_s * 2**attempt, BACKOFF_MAX_S)
         print(f"download: attempt {attempt + 1} failed ({reason}); retrying in {wait:.1f} s")
@@ -112,7 +114,9 @@ def download_archive(params: DownloadParams, dest: Path, backoff_s: float = BACK
         elif parsed.scheme == "" or len(parsed.scheme) == 1:  # a plain path (or a Windows drive letter)
             copy_local(Path(params.url).expanduser(), tmp)
         else:
-            raise StageError(f"download.url has unsupported scheme {parsed.scheme!r}: use http(s)://, file:// or a path")
+            raise StageError(
+                f"download.url has unsupported scheme {parsed.scheme!r}: use http(s)://, file:// or a path"
+            )
         actual = md5_of(tmp)
         if actual != expected:
             raise DataError(f"md5 mismatch for {params.url}: expected {expected}, got {actual}; nothing was written")

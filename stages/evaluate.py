@@ -110,8 +110,10 @@ def main() -> None:
         mistakes_grid(test.images, probabilities, test.labels, CLASS_NAMES, tmp / "mistakes.png")
     write_predictions(args.predictions, test.labels, probabilities)
     write_json(args.metrics, scores)
-    print(f"evaluate: test accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f} on {scores['count']} images "
-          f"({len(test.labels) / seconds:.0f} images/s)")
+    print(
+        f"evaluate: test accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f} on {scores['count']} images "
+        f"({len(test.labels) / seconds:.0f} images/s)"
+    )
     print(json.dumps(scores["per_class"]))
 
 

@@ -25,8 +25,9 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def labelled_grid(images: np.ndarray, titles: list[str], colours: list[str], columns: int, path: Path,
-                  suptitle: str) -> None:
+def labelled_grid(
+    images: np.ndarray, titles: list[str], colours: list[str], columns: int, path: Path, suptitle: str
+) -> None:
     """Save uint8 images (N, 32, 32, 3) in a grid, each with its title in its colour."""
     rows = max(1, int(np.ceil(len(images) / columns)))
     fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.75 * rows), squeeze=False)
@@ -39,8 +40,14 @@ def labelled_grid(images: np.ndarray, titles: list[str], colours: list[str], col
     _save(fig, path)
 
 
-def first_predictions_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
-                           class_names: tuple[str, ...], path: Path, count: int = 16) -> None:
+def first_predictions_grid(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    class_names: tuple[str, ...],
+    path: Path,
+    count: int = 16,
+) -> None:
     """The tutorial's grid: the first `count` test images, titled "true -> predicted" (red when wrong)."""
     n = min(count, len(images))
     titles = [f"{class_names[t]}\n-> {class_names[p]}" for t, p in zip(labels[:n], predicted[:n])]
@@ -59,12 +66,19 @@ def confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, per_class:
     return rows
 
 
-def mistakes_grid(images: np.ndarray, probabilities: np.ndarray, labels: np.ndarray,
-                  class_names: tuple[str, ...], path: Path, per_class: int = 8) -> None:
+def mistakes_grid(
+    images: np.ndarray,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    class_names: tuple[str, ...],
+    path: Path,
+    per_class: int = 8,
+) -> None:
     """A row per true class: its most confident mistakes, titled with the predicted class and probability."""
     rows = confident_mistakes(probabilities, labels, per_class)
-    fig, axes = plt.subplots(len(class_names), per_class, figsize=(1.5 * per_class, 1.6 * len(class_names)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(class_names), per_class, figsize=(1.5 * per_class, 1.6 * len(class_names)), squeeze=False
+    )
     for c, (row, name) in enumerate(zip(rows, class_names)):
         for k in range(per_class):
             ax = axes[c, k]
@@ -93,8 +107,15 @@ def confusion_png(counts: np.ndarray, class_names: tuple[str, ...], path: Path, 
     threshold = counts.max() / 2 if counts.size else 0
     for i in range(counts.shape[0]):
         for j in range(counts.shape[1]):
-            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if counts[i, j] > threshold else "black")
+            ax.text(
+                j,
+                i,
+                str(counts[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if counts[i, j] > threshold else "black",
+            )
     fig.colorbar(shown, ax=ax, fraction=0.046)
     ax.set_title(f"Confusion matrix (test accuracy {accuracy:.2%})")
     _save(fig, path)

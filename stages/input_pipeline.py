@@ -25,8 +25,9 @@ def augment_batch(images: tf.Tensor, step: tf.Tensor, seed: int, params: TrainPa
     step = tf.cast(step, tf.int64)
 
     def draw(offset: int, low: float, high: float) -> tf.Tensor:
-        return tf.random.stateless_uniform([batch], seed=tf.stack([tf.constant(seed + offset, tf.int64), step]),
-                                           minval=low, maxval=high)
+        return tf.random.stateless_uniform(
+            [batch], seed=tf.stack([tf.constant(seed + offset, tf.int64), step]), minval=low, maxval=high
+        )
 
     if params.flip:
         flip = draw(0, 0.0, 1.0) < 0.5

@@ -17,6 +17,9 @@ from stages.cifar import CLASS_NAMES, IMAGE_SHAPE  # noqa: E402
 from stages.normalize import Stats  # noqa: E402
 from stages.params import TrainParams  # noqa: E402
 
+# Keras dtype policy for each train.mixed_precision value: variables stay float32, compute goes low-precision.
+DTYPE_POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
 
 def build_seed_cnn(params: TrainParams, dtype: str | None = None, num_classes: int = len(CLASS_NAMES)) -> keras.Model:
     """Return the uncompiled CNN; it takes z-scored float images (N, 32, 32, 3) and returns class probabilities.

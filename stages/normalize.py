@@ -148,7 +148,9 @@ def main() -> None:
         counts = {part: int(len(arrays[f"y_{part}"])) for part in ("train", "val", "test")}
         summary = {"method": params.method, **stats.to_json(), "counts": counts}
         (tmp / "stats.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"normalize: {counts} images, mean {[round(m, 3) for m in stats.mean]}, std {[round(s, 3) for s in stats.std]}")
+    print(
+        f"normalize: {counts} images, mean {[round(m, 3) for m in stats.mean]}, std {[round(s, 3) for s in stats.std]}"
+    )
 
 
 if __name__ == "__main__":

@@ -242,4 +242,3 @@ def validate_all(raw: dict[str, Any]) -> None:
 def as_dict(params: Any) -> dict[str, Any]:
     """Return a dataclass of params as plain JSON-ready values (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()}
-

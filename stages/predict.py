@@ -69,11 +69,20 @@ def top_k(probabilities: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cifar10-predict", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="*", type=Path, help="image files (PNG, JPEG, ...; any size)")
-    parser.add_argument("--test-samples", type=int, metavar="N", default=0,
-                        help="also classify the first N images of the archive's test batch")
+    parser.add_argument(
+        "--test-samples",
+        type=int,
+        metavar="N",
+        default=0,
+        help="also classify the first N images of the archive's test batch",
+    )
     parser.add_argument("--model", type=Path, default=Path("models/model.keras"))
-    parser.add_argument("--archive", type=Path, default=Path("data/raw/cifar-10-python.tar.gz"),
-                        help="the CIFAR-10 archive, for --test-samples")
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        default=Path("data/raw/cifar-10-python.tar.gz"),
+        help="the CIFAR-10 archive, for --test-samples",
+    )
     parser.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)

@@ -43,15 +43,20 @@ def main() -> None:
     seed = load_seed(raw)
     arrays = load_normalized(args.data, ("x_train", "y_train"))
     stats = load_stats(args.data / "stats.json")
-    picked = np.random.default_rng(seed).choice(len(arrays["x_train"]), size=min(ROWS, len(arrays["x_train"])),
-                                                replace=False)
+    picked = np.random.default_rng(seed).choice(
+        len(arrays["x_train"]), size=min(ROWS, len(arrays["x_train"])), replace=False
+    )
     originals = arrays["x_train"][picked]
     copies = augmented_copies(originals, params, seed, COPIES)
     tiles = np.concatenate([originals[:, None], copies], axis=1).reshape(-1, *originals.shape[1:])
     titles = [CLASS_NAMES[arrays["y_train"][i]] if k == 0 else f"aug {k}" for i in picked for k in range(COPIES + 1)]
     colours = ["black"] * len(titles)
     labelled_grid(
-        to_display(tiles, stats.mean, stats.std, stats.eps), titles, colours, COPIES + 1, args.output,
+        to_display(tiles, stats.mean, stats.std, stats.eps),
+        titles,
+        colours,
+        COPIES + 1,
+        args.output,
         f"Augmentation: rotation ±{params.rotation_deg:g}°, shift ±{params.shift:.0%}, "
         f"flip {'on' if params.flip else 'off'}, fill {params.fill_mode} (first column: original)",
     )

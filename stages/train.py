@@ -28,7 +28,7 @@ from stages.checkpoint import Resume, fingerprint, load_checkpoint, save_checkpo
 from stages.cifar import CLASS_NAMES  # noqa: E402
 from stages.errors import StageError, run_stage  # noqa: E402
 from stages.input_pipeline import eval_dataset, steps_per_epoch, train_dataset  # noqa: E402
-from stages.model import build_inference_model, build_seed_cnn, make_optimizer  # noqa: E402
+from stages.model import DTYPE_POLICIES, build_inference_model, build_seed_cnn, make_optimizer  # noqa: E402
 from stages.normalize import Stats, load_normalized, load_stats  # noqa: E402
 from stages.params import TrainParams, as_dict, load_section, load_seed, read_params_file  # noqa: E402
 
@@ -49,8 +49,7 @@ def configure_runtime(params: TrainParams, seed: int) -> str:
     keras.utils.set_random_seed(seed)  # Python, numpy and TensorFlow generators
     if params.deterministic:
         tf.config.experimental.enable_op_determinism()
-    policy = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[params.mixed_precision]
-    keras.mixed_precision.set_dtype_policy(policy)
+    keras.mixed_precision.set_dtype_policy(DTYPE_POLICIES[params.mixed_precision])
     return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 
 
@@ -92,8 +91,9 @@ class EpochLog(keras.callbacks.Callback):
         self.epoch_seconds.append(end - self._start)
         self._log(logs, self.epoch_seconds[-1])
         if self.checkpoints is not None:
-            save_checkpoint(self.checkpoints, self.model, epoch + 1, self.history, self.epoch_seconds,
-                            self.run_fingerprint)
+            save_checkpoint(
+                self.checkpoints, self.model, epoch + 1, self.history, self.epoch_seconds, self.run_fingerprint
+            )
 
     def _log(self, logs: dict[str, float], seconds: float) -> None:
         if self.live is None:

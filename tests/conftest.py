@@ -140,7 +140,7 @@ def set_params(repo: Path, updates: dict[str, dict]) -> None:
 
 @pytest.fixture()
 def project(tmp_path: Path) -> Path:
-    """A git + DVC repo holding a copy of the project (stages, dvc.yaml, params.yaml), committed, with a git identity."""
+    """A committed git + DVC repo with a copy of the project (stages, dvc.yaml, params.yaml) and a git identity."""
     repo = tmp_path / "project"
     repo.mkdir()
     for name in ("stages",):

@@ -79,8 +79,14 @@ def _with(batch: str, changes: dict) -> dict:
 @pytest.mark.parametrize(
     ("members", "message"),
     [
-        ({k: v for k, v in synthetic_batches().items() if k != "data_batch_4"}, "has no member cifar-10-batches-py/data_batch_4"),
-        (_with("data_batch_1", {b"data": np.zeros((20, 3000), np.uint8)}), "data must be a uint8 array of shape (N, 3072)"),
+        (
+            {k: v for k, v in synthetic_batches().items() if k != "data_batch_4"},
+            "has no member cifar-10-batches-py/data_batch_4",
+        ),
+        (
+            _with("data_batch_1", {b"data": np.zeros((20, 3000), np.uint8)}),
+            "data must be a uint8 array of shape (N, 3072)",
+        ),
         (_with("data_batch_1", {b"data": np.zeros((20, 3072), np.float32)}), "data must be a uint8 array"),
         (_with("test_batch", {b"labels": [12] * TEST_IMAGES}), "test_batch: labels must be in 0..9, got 12"),
         (_with("data_batch_2", {b"labels": [1, 2]}), "data_batch_2: 2 labels for 20 images"),

@@ -42,8 +42,16 @@ def train_workdir(tmp_path: Path, archive) -> Path:
 
 
 def _train_cmd(name: str) -> list[str]:
-    return [sys.executable, "-m", "stages.train", "data", f"{name}/models", f"{name}/live", f"{name}/train.json",
-            f"{name}/checkpoints"]
+    return [
+        sys.executable,
+        "-m",
+        "stages.train",
+        "data",
+        f"{name}/models",
+        f"{name}/live",
+        f"{name}/train.json",
+        f"{name}/checkpoints",
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -62,8 +70,9 @@ def test_killed_training_resumes_and_ends_with_the_same_model(train_workdir: Pat
     assert straight.returncode == 0, straight.stderr
 
     state = train_workdir / "killed/checkpoints/state.json"
-    proc = subprocess.Popen(_train_cmd("killed"), cwd=train_workdir, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd("killed"), cwd=train_workdir, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -82,8 +91,10 @@ def test_killed_training_resumes_and_ends_with_the_same_model(train_workdir: Pat
     assert b["resumed_from_epoch"] == killed_at and b["epochs"] == 12
     for key in ("accuracy", "loss", "val_accuracy", "val_loss"):
         assert a[key] == b[key], key  # to the last digit
-    for x, y in zip(_weights(train_workdir / "straight/models/model.weights.h5"),
-                    _weights(train_workdir / "killed/models/model.weights.h5")):
+    for x, y in zip(
+        _weights(train_workdir / "straight/models/model.weights.h5"),
+        _weights(train_workdir / "killed/models/model.weights.h5"),
+    ):
         assert np.array_equal(x, y)
     # DVCLive's curves cover all 12 epochs, the resumed ones included.
     assert len((train_workdir / "killed/live/plots/metrics/train/loss.tsv").read_text().splitlines()) == 13
@@ -146,8 +157,9 @@ class _FlakyHandler(http.server.BaseHTTPRequestHandler):
 @pytest.mark.parametrize("allow_range", [True, False])
 def test_dropped_connection_retries_and_resumes(tmp_path: Path, archive, allow_range: bool):
     path, md5 = archive
-    handler = type("Handler", (_FlakyHandler,), {"payload": path.read_bytes(), "allow_range": allow_range,
-                                                  "events": []})
+    handler = type(
+        "Handler", (_FlakyHandler,), {"payload": path.read_bytes(), "allow_range": allow_range, "events": []}
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -160,8 +172,11 @@ def test_dropped_connection_retries_and_resumes(tmp_path: Path, archive, allow_r
     assert md5_of(dest) == md5
     half = len(handler.payload) // 2
     # drop at half, 503, then the rest: from where it stopped if the server allows ranges, else from 0
-    assert handler.events == ["GET from 0", f"GET from {half}" if allow_range else "GET from 0",
-                              f"GET from {half}" if allow_range else "GET from 0"]
+    assert handler.events == [
+        "GET from 0",
+        f"GET from {half}" if allow_range else "GET from 0",
+        f"GET from {half}" if allow_range else "GET from 0",
+    ]
     assert sorted(p.name for p in dest.parent.iterdir()) == ["cifar-10-python.tar.gz"]
 
 
@@ -173,8 +188,14 @@ def test_two_queued_experiments_run_in_parallel_without_touching_each_other(proj
     path, md5 = archive
     base, root = http_server
     shutil.copy(path, root / "cifar-10-python.tar.gz")
-    set_params(project, {"download": {"url": f"{base}/cifar-10-python.tar.gz", "md5": md5},
-                         "normalize": {"val_size": 20}, "train": TINY_TRAIN})
+    set_params(
+        project,
+        {
+            "download": {"url": f"{base}/cifar-10-python.tar.gz", "md5": md5},
+            "normalize": {"val_size": 20},
+            "train": TINY_TRAIN,
+        },
+    )
     git("commit", "-qam", "tiny", cwd=project)
     for epochs in (1, 2):
         dvc("exp", "run", "--queue", "-n", f"epochs{epochs}", "-S", f"train.epochs={epochs}", cwd=project)
@@ -198,8 +219,10 @@ def test_two_queued_experiments_run_in_parallel_without_touching_each_other(proj
             )
     assert results == {"epochs1": (1, 1), "epochs2": (2, 2)}
     # The workspace was not touched by either run.
-    assert not (project / "models").exists() and yaml.safe_load((project / "params.yaml").read_text())["train"][
-        "epochs"] == 1
+    assert (
+        not (project / "models").exists()
+        and yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 1
+    )
 
 
 def test_diverging_training_stops_with_one_line_and_writes_no_result(train_workdir: Path):

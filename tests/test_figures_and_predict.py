@@ -17,7 +17,8 @@ from stages.figures import confident_mistakes, confusion_png, first_predictions_
 from stages.model import build_inference_model, build_seed_cnn
 from stages.normalize import Stats
 from stages.params import TrainParams
-from stages.predict import load_image, main as predict_main, top_k
+from stages.predict import load_image, top_k
+from stages.predict import main as predict_main
 from tests.conftest import ROOT, stage_env
 
 
@@ -46,10 +47,15 @@ def test_grids_and_confusion_png(tmp_path: Path):
 
 def test_confident_mistakes_are_wrong_and_sorted():
     labels = np.array([0, 0, 0, 1, 1])
-    probabilities = np.array([
-        [0.1, 0.9], [0.3, 0.7], [0.8, 0.2],  # class 0: two mistakes, 0.9 then 0.7
-        [0.6, 0.4], [0.2, 0.8],  # class 1: one mistake
-    ])
+    probabilities = np.array(
+        [
+            [0.1, 0.9],
+            [0.3, 0.7],
+            [0.8, 0.2],  # class 0: two mistakes, 0.9 then 0.7
+            [0.6, 0.4],
+            [0.2, 0.8],  # class 1: one mistake
+        ]
+    )
     rows = confident_mistakes(probabilities, labels, per_class=5)
     assert rows[0].tolist() == [0, 1] and rows[1].tolist() == [3]
 
@@ -120,8 +126,18 @@ def test_installed_command_runs(tmp_path: Path, saved_model: Path):
     script = Path(sys.executable).parent / "cifar10-predict"
     if not script.exists():
         pytest.skip("package not installed in this environment (make test installs it)")
-    png, _ = _images(tmp_path)
-    result = subprocess.run([str(script), str(png), "--model", str(saved_model)], capture_output=True, text=True,
-                            env=stage_env(), cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"{png}: ") and len(result.stdout.split("  ")) == 3
+    png, jpeg = _images(tmp_path)
+    broken = tmp_path / "notes.txt"
+    broken.write_text("not an image")
+    result = subprocess.run(
+        [str(script), str(png), str(broken), str(jpeg), "--model", str(saved_model)],
+        capture_output=True,
+        text=True,
+        env=stage_env(),
+        cwd=ROOT,
+    )
+    assert result.returncode == 1  # one file failed; the other two were classified
+    assert f"error: {broken}: not a readable image" in result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(": ")[0] for line in lines] == [str(png), str(jpeg)]
+    assert all(len(line.split(": ", 1)[1].split("  ")) == 3 for line in lines)  # top-3 classes each

@@ -42,7 +42,9 @@ def test_schedule_steps_down_at_epoch_boundaries_with_time_decay():
     assert learning_rate_at(buggy, steps, 110 * steps) == pytest.approx(5e-4)
 
 
-@pytest.mark.parametrize("stats", [Stats((120.0,), (64.0,), 1e-7), Stats((125.0, 122.0, 113.0), (62.0, 61.0, 66.0), 1e-7)])
+@pytest.mark.parametrize(
+    "stats", [Stats((120.0,), (64.0,), 1e-7), Stats((125.0, 122.0, 113.0), (62.0, 61.0, 66.0), 1e-7)]
+)
 def test_uint8_model_normalizes_inside(stats):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
@@ -94,7 +96,7 @@ def test_each_epoch_visits_every_image_once_and_resume_matches():
     batches = [(bx.numpy()[:, 0, 0, 0], by.numpy()) for bx, by in train_dataset(x, y, params, seed=7)]
     assert len(batches) == 3 * steps_per_epoch(n, 8)
     per_epoch = steps_per_epoch(n, 8)
-    orders = [np.concatenate([b[0] for b in batches[e * per_epoch:(e + 1) * per_epoch]]) for e in range(3)]
+    orders = [np.concatenate([b[0] for b in batches[e * per_epoch : (e + 1) * per_epoch]]) for e in range(3)]
     for order in orders:
         assert sorted(order.astype(int).tolist()) == list(range(n))
     assert not np.array_equal(orders[0], orders[1])  # reshuffled each epoch

@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 import stages.model  # noqa: F401  (registers the custom objects)
 from stages.cifar import CLASS_NAMES, load_train_test
@@ -85,13 +86,27 @@ def test_repro_produces_every_output_and_caches(served_project: Path, archive):
             assert scores["per_class"][cls] == pytest.approx(counts[i, i] / counts[i].sum(), abs=1e-4)
 
     # The pictures: PNGs that DVC declares as image plots.
-    for name in ("plots/evaluate/confusion.png", "plots/evaluate/first_predictions.png",
-                 "plots/evaluate/mistakes.png", "plots/augmented.png"):
+    for name in (
+        "plots/evaluate/confusion.png",
+        "plots/evaluate/first_predictions.png",
+        "plots/evaluate/mistakes.png",
+        "plots/augmented.png",
+    ):
         assert (repo / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    with Image.open(repo / "plots/evaluate/mistakes.png") as mistakes, Image.open(repo / "plots/augmented.png") as aug:
+        assert mistakes.height > mistakes.width  # a row per class (10) of 8 mistakes
+        assert aug.width > aug.height  # 6 images, each beside 7 augmented copies
     shown = json.loads(dvc("plots", "show", "--json", cwd=repo).stdout)["data"]
-    assert set(shown) >= {"plots/augmented.png", "plots/evaluate/mistakes.png", "plots/evaluate/confusion.png",
-                          "plots/evaluate/first_predictions.png", "Loss", "Accuracy", "Learning rate",
-                          "Confusion matrix (test set)"}
+    assert set(shown) >= {
+        "plots/augmented.png",
+        "plots/evaluate/mistakes.png",
+        "plots/evaluate/confusion.png",
+        "plots/evaluate/first_predictions.png",
+        "Loss",
+        "Accuracy",
+        "Learning rate",
+        "Confusion matrix (test set)",
+    }
     points = shown["Loss"][0]["content"]["data"]["values"]
     assert {p["filename"] for p in points} == {"train/loss.tsv", "val/loss.tsv"}  # both curves on one chart
     val_point = next(p for p in points if p["filename"] == "val/loss.tsv")
