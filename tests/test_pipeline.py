@@ -169,3 +169,24 @@ def test_experiments_and_metrics_diff_across_commits(served_project: Path):
     # The experiment's results are in the workspace: metrics diff against the committed baseline.
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)
     assert diff["metrics/train.json"]["epochs"] == {"old": 1, "new": 2, "diff": 1}
+
+    # plots diff draws the committed curves and the workspace's on one chart.
+    plots = json.loads(dvc("plots", "diff", "HEAD", "--json", cwd=repo).stdout)["data"]
+    points = plots["Accuracy"][0]["content"]["data"]["values"]
+    assert {p["rev"] for p in points} == {"HEAD", "workspace"}
+    assert len([p for p in points if p["rev"] == "workspace" and p["filename"] == "val/accuracy.tsv"]) == 2
+
+
+def test_trained_model_travels_through_a_remote(served_project: Path, tmp_path: Path):
+    """Train once, push; a clone pulls the model without training and gets the same file."""
+    repo = served_project
+    dvc("repro", cwd=repo)
+    dvc("remote", "add", "-d", "store", str(tmp_path / "remote"), cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "trained", cwd=repo)
+    dvc("push", cwd=repo)
+    clone = tmp_path / "laptop"
+    git("clone", "-q", str(repo), str(clone), cwd=tmp_path)
+    dvc("pull", "models", cwd=clone)
+    assert (clone / "models/model.keras").read_bytes() == (repo / "models/model.keras").read_bytes()
+    assert not (clone / "data/normalized").exists()  # only what was asked for
