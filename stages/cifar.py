@@ -104,12 +104,13 @@ def _check_member_name(name: str) -> None:
         raise DataError(f"archive member {name!r} points outside the archive folder; refusing the archive")
 
 
-def read_archive(path: Path) -> dict[str, Any]:
-    """Return {batch name: Batch} for the five training batches and the test batch, and 'label_names'.
+def read_archive(path: Path, batches: tuple[str, ...] = (*TRAIN_BATCHES, TEST_BATCH)) -> dict[str, Any]:
+    """Return {batch name: Batch} for the named batches (default: all six), and 'label_names'.
 
-    Members are read in memory; nothing is extracted to disk.
+    Members are read in memory; nothing is extracted to disk. Every member name is checked,
+    the unread ones too.
     """
-    wanted = {f"{BATCH_DIR}/{name}" for name in (*TRAIN_BATCHES, TEST_BATCH, META)}
+    wanted = {f"{BATCH_DIR}/{name}" for name in (*batches, META)}
     found: dict[str, bytes] = {}
     try:
         with tarfile.open(path, mode="r:gz") as tar:
@@ -135,7 +136,7 @@ def read_archive(path: Path) -> dict[str, Any]:
         raise DataError(f"{META}: label_names must be the 10 CIFAR-10 classes in order, got {names!r}")
 
     result: dict[str, Any] = {"label_names": CLASS_NAMES}
-    for name in (*TRAIN_BATCHES, TEST_BATCH):
+    for name in batches:
         result[name] = parse_batch(safe_unpickle(found[f"{BATCH_DIR}/{name}"], name), name)
     return result
 
@@ -146,3 +147,8 @@ def load_train_test(path: Path) -> tuple[Batch, Batch]:
     train = [batches[name] for name in TRAIN_BATCHES]
     joined = Batch(np.concatenate([b.images for b in train]), np.concatenate([b.labels for b in train]))
     return joined, batches[TEST_BATCH]
+
+
+def load_test(path: Path) -> Batch:
+    """Return the test batch alone (evaluation and predictions need no training images)."""
+    return read_archive(path, (TEST_BATCH,))[TEST_BATCH]

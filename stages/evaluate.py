@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 import stages.model  # noqa: E402,F401  (registers the custom objects a saved model may name)
 from stages.atomic import atomic_dir, atomic_file, write_json  # noqa: E402
-from stages.cifar import CLASS_NAMES, IMAGE_SHAPE, load_train_test  # noqa: E402
+from stages.cifar import CLASS_NAMES, IMAGE_SHAPE, load_test  # noqa: E402
 from stages.errors import DataError, run_stage  # noqa: E402
 from stages.figures import confusion_png, first_predictions_grid, mistakes_grid  # noqa: E402
 from stages.params import EvaluateParams, load_section, read_params_file  # noqa: E402
@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     params: EvaluateParams = load_section(read_params_file(args.params), "evaluate")
     model = load_model(args.model)
-    _, test = load_train_test(args.archive)
+    test = load_test(args.archive)
     start = time.perf_counter()
     probabilities = predict_probabilities(model, test.images, params.batch_size)
     seconds = time.perf_counter() - start

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from stages.cifar import CLASS_NAMES, IMAGE_SHAPE, load_train_test  # noqa: E402
+from stages.cifar import CLASS_NAMES, IMAGE_SHAPE, load_test  # noqa: E402
 from stages.errors import StageError  # noqa: E402
 from stages.evaluate import load_model, predict_probabilities  # noqa: E402
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
     try:
         if args.test_samples > 0:
-            _, test = load_train_test(args.archive)
+            test = load_test(args.archive)
             n = min(args.test_samples, len(test.images))
             images.extend(test.images[:n])
             names.extend(f"test:{i}" for i in range(n))

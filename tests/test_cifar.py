@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.cifar import CLASS_NAMES, load_train_test, read_archive, safe_unpickle
+from stages.cifar import CLASS_NAMES, load_test, load_train_test, read_archive, safe_unpickle
 from stages.errors import DataError
 from tests.conftest import PER_BATCH, TEST_IMAGES, synthetic_batches, write_archive
 
@@ -125,3 +125,9 @@ def test_members_are_never_extracted(tmp_path: Path, archive, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     with tarfile.open(archive[0]) as tar:  # the reader saw real files, not an empty archive
         assert len([m for m in tar if m.isfile()]) == 7
+
+
+def test_test_batch_alone_matches_the_full_read(archive):
+    _, full = load_train_test(archive[0])
+    alone = load_test(archive[0])
+    assert np.array_equal(alone.images, full.images) and np.array_equal(alone.labels, full.labels)
