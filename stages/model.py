@@ -92,11 +92,6 @@ class StepTimeDecay(keras.optimizers.schedules.LearningRateSchedule):
         return {"boundaries": self.boundaries, "values": self.values, "decay": self.decay}
 
 
-def learning_rate_at(params: TrainParams, steps_per_epoch: int, step: int) -> float:
-    """Return the learning rate the schedule gives at optimizer step `step` (for logs and tests)."""
-    return float(make_schedule(params, steps_per_epoch)(step))
-
-
 def make_schedule(params: TrainParams, steps_per_epoch: int) -> StepTimeDecay:
     """Return the learning-rate schedule: epoch boundaries from params turned into step boundaries."""
     return StepTimeDecay([b * steps_per_epoch for b in params.lr_boundaries], list(params.lr_values), params.lr_decay)

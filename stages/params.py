@@ -210,6 +210,10 @@ def read_params_file(path: Path) -> dict[str, Any]:
         raise ParamError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
         raise ParamError(f"{path} must be a mapping of sections, got {type(raw).__name__}")
+    # Every stage refuses a misspelt section (`trian:`), not only the stage that would read it.
+    unknown = sorted(set(raw) - set(SECTIONS) - {"seed"})
+    if unknown:
+        raise ParamError(f"{unknown[0]} is not a known params.yaml section (known: seed, {', '.join(SECTIONS)})")
     return raw
 
 
@@ -227,16 +231,6 @@ def load_section(raw: dict[str, Any], section: str) -> Any:
     if section not in raw:
         raise ParamError(f"params.yaml has no '{section}' section")
     return parse_section(SECTIONS[section], section, raw[section])
-
-
-def validate_all(raw: dict[str, Any]) -> None:
-    """Check every section and reject unknown top-level keys ."""
-    unknown = sorted(set(raw) - set(SECTIONS) - {"seed"})
-    if unknown:
-        raise ParamError(f"{unknown[0]} is not a known params.yaml section (known: seed, {', '.join(SECTIONS)})")
-    load_seed(raw)
-    for section in SECTIONS:
-        load_section(raw, section)
 
 
 def as_dict(params: Any) -> dict[str, Any]:

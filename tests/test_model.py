@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from stages.input_pipeline import augment_batch, steps_per_epoch, train_dataset
-from stages.model import build_inference_model, build_seed_cnn, learning_rate_at
+from stages.model import build_inference_model, build_seed_cnn, make_schedule
 from stages.normalize import Stats, normalize_images
 from stages.params import TrainParams
 
@@ -28,6 +28,10 @@ def test_network_follows_its_params():
     model = build_seed_cnn(TrainParams(widths=(8, 16), dropout=(0.1, 0.1), block_depth=1, weight_decay=0))
     convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
     assert [c.filters for c in convs] == [8, 16] and convs[0].kernel_regularizer is None
+
+
+def learning_rate_at(params: TrainParams, steps_per_epoch: int, step: int) -> float:
+    return float(make_schedule(params, steps_per_epoch)(step))
 
 
 def test_schedule_steps_down_at_epoch_boundaries_with_time_decay():
