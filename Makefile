@@ -29,7 +29,7 @@ benchmark: $(STAMP)  ## images per second of the input pipeline and of training 
 	python benchmarks/throughput.py
 
 lint: $(STAMP)  ## ruff (pinned in requirements.lock)
-	python -m ruff check stages tests benchmarks
+	python -m ruff check cifar10 stages tests benchmarks
 
 lock: $(STAMP)  ## re-pin requirements.lock from the current environment
 	(echo "# Pinned environment for Python 3.11 on Linux x86-64, CPU (pip freeze of a fresh venv: make lock)."; python -m pip freeze --exclude-editable) > requirements.lock

@@ -12,20 +12,22 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
-import keras
 import numpy as np
 
-from stages.model import DTYPE_POLICIES, build_seed_cnn, make_optimizer
-from stages.params import TrainParams
+from cifar10.framework import keras
+from cifar10.model import DTYPE_POLICIES, build_seed_cnn, make_optimizer
+from cifar10.params import load_section_from
 
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # the committed recipe
 EPOCH_IMAGES = 40_000  # the default split: 50,000 - 5,000 validation (- 5,000 holdout on the shared archive)
 
 
 def images_per_second(batch: int, precision: str, steps: int) -> float:
     keras.mixed_precision.set_dtype_policy(DTYPE_POLICIES[precision])
-    params = TrainParams(batch_size=batch)
-    model = build_seed_cnn(params)
+    params = load_section_from(PARAMS, "train", batch_size=batch)
+    model = build_seed_cnn(params, seed=0)
     model.compile(make_optimizer(params, 625), keras.losses.SparseCategoricalCrossentropy())
     rng = np.random.default_rng(0)
     n = batch * steps

@@ -3,7 +3,7 @@
     python benchmarks/throughput.py [--steps 60] [--batch-size 64] [--precision none bfloat16] [--jit]
 
 Synthetic normalized images of the real shape; the network and pipeline are the pipeline's own
-(stages.model, stages.input_pipeline). The first 10 steps (tracing, warm-up) are not timed.
+(cifar10.model, cifar10.input_pipeline). The first 10 steps (tracing, warm-up) are not timed.
 """
 
 from __future__ import annotations
@@ -11,17 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from cifar10.framework import keras, tf
+from cifar10.input_pipeline import steps_per_epoch, train_dataset
+from cifar10.model import DTYPE_POLICIES, build_seed_cnn, make_optimizer
+from cifar10.params import TrainParams, load_section_from
 
-from stages.input_pipeline import steps_per_epoch, train_dataset  # noqa: E402
-from stages.model import DTYPE_POLICIES, build_seed_cnn, make_optimizer  # noqa: E402
-from stages.params import TrainParams  # noqa: E402
-
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # the committed recipe
 WARMUP = 10
 
 
@@ -39,7 +38,7 @@ def pipeline_rate(x: np.ndarray, y: np.ndarray, params: TrainParams, steps: int)
 def training_rate(x: np.ndarray, y: np.ndarray, params: TrainParams, steps: int, jit: bool) -> float:
     """Images per second of `fit` on the pipeline: forward, backward and update included."""
     keras.mixed_precision.set_dtype_policy(DTYPE_POLICIES[params.mixed_precision])
-    model = build_seed_cnn(params)
+    model = build_seed_cnn(params, seed=0)
     model.compile(
         make_optimizer(params, steps_per_epoch(len(x), params.batch_size)),
         keras.losses.SparseCategoricalCrossentropy(),
@@ -65,11 +64,11 @@ def main() -> None:
     device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
     print(f"device: {device}, TensorFlow {tf.__version__}, Keras {keras.__version__}")
     for batch in args.batch_size:
-        params = TrainParams(batch_size=batch, epochs=1000)
+        params = load_section_from(PARAMS, "train", batch_size=batch, epochs=1000)
         print(f"batch {batch:4d}  input pipeline alone      {pipeline_rate(x, y, params, args.steps):9.0f} images/s")
         for precision in args.precision:
             for jit in [False, True] if args.jit else [False]:
-                p = TrainParams(batch_size=batch, epochs=1000, mixed_precision=precision)
+                p = load_section_from(PARAMS, "train", batch_size=batch, epochs=1000, mixed_precision=precision)
                 rate = training_rate(x, y, p, args.steps, jit)
                 print(f"batch {batch:4d}  training {precision:9s} jit={str(jit):5s} {rate:9.0f} images/s")
 

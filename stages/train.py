@@ -1,222 +1,54 @@
 """Stage 3: train the CNN on the normalized arrays and save a model that takes raw uint8 images.
 
-Writes models/model.keras (normalization inside), the tutorial's models/model.json +
-models/model.weights.h5, models/meta.json (resolved params, statistics, class names),
-per-epoch DVCLive logs, and metrics/train.json. A checkpoint after every epoch lets a killed
-run continue where it stopped (stages/checkpoint.py).
+Writes the model files (cifar10/classifier.py), per-epoch DVCLive logs and metrics/train.json.
+End-of-epoch checkpoints go to a folder outside DVC's outputs (git-ignored, guarded by a
+fingerprint of params, seed and data), so a killed run continues where it stopped while the
+stage's outputs stay cacheable and restorable from DVC's run cache.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from dvclive import Live
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from dvclive import Live  # noqa: E402
-
-from stages.atomic import atomic_dir, write_json  # noqa: E402
-from stages.checkpoint import Resume, fingerprint, load_checkpoint, save_checkpoint  # noqa: E402
-from stages.cifar import CLASS_NAMES  # noqa: E402
-from stages.errors import StageError, run_stage  # noqa: E402
-from stages.input_pipeline import eval_dataset, steps_per_epoch, train_dataset  # noqa: E402
-from stages.model import DTYPE_POLICIES, build_inference_model, build_seed_cnn, make_optimizer  # noqa: E402
-from stages.normalize import Stats, load_normalized, load_stats  # noqa: E402
-from stages.params import TrainParams, as_dict, load_section, load_seed, read_params_file  # noqa: E402
-
-VAL_BATCH = 500  # images per validation step; no effect on the result
-
-
-@dataclass
-class TrainResult:
-    model: keras.Model  # the inference model: raw uint8 in, probabilities out
-    history: dict[str, list[float]]  # per-epoch logs, resumed epochs included
-    epoch_seconds: list[float]  # training time of each epoch, validation excluded
-    num_train: int
-    resumed_from: int  # epochs taken from a checkpoint (0: trained from scratch)
-
-
-def configure_runtime(params: TrainParams, seed: int) -> str:
-    """Seed every random source, set determinism and precision; return the device kind ("GPU" or "CPU")."""
-    keras.utils.set_random_seed(seed)  # Python, numpy and TensorFlow generators
-    if params.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_dtype_policy(DTYPE_POLICIES[params.mixed_precision])
-    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-
-
-class EpochLog(keras.callbacks.Callback):
-    """Times each epoch's training part, stops at a non-finite loss, logs to DVCLive, saves a checkpoint."""
-
-    def __init__(self, live: Live | None, checkpoints: Path | None, run_fingerprint: str, resume: Resume) -> None:
-        super().__init__()
-        self.live = live
-        self.checkpoints = checkpoints
-        self.run_fingerprint = run_fingerprint
-        self.history: dict[str, list[float]] = {k: list(v) for k, v in resume.history.items()}
-        self.epoch_seconds: list[float] = list(resume.epoch_seconds)
-        self._start = 0.0
-        self._train_end: float | None = None
-        for epoch in range(resume.epochs_done):  # the resumed epochs' curves, so DVCLive's plots stay whole
-            self._log({k: v[epoch] for k, v in self.history.items()}, self.epoch_seconds[epoch])
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._start, self._train_end = time.perf_counter(), None
-
-    def on_test_begin(self, logs: dict | None = None) -> None:
-        if self._train_end is None:  # fit validates after the epoch's last training step
-            self._train_end = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        end = self._train_end if self._train_end is not None else time.perf_counter()
-        logs = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
-        loss = logs.get("loss")
-        if loss is None or not np.isfinite(loss):
-            self.model.stop_training = True
-            raise StageError(
-                f"training diverged: loss is {loss} in epoch {epoch + 1}; "
-                "lower train.lr_values or check train.optimizer and train.weight_decay"
-            )
-        logs["learning_rate"] = float(self.model.optimizer.learning_rate)  # the rate the next step will use
-        for name, value in logs.items():
-            self.history.setdefault(name, []).append(value)
-        self.epoch_seconds.append(end - self._start)
-        self._log(logs, self.epoch_seconds[-1])
-        if self.checkpoints is not None:
-            save_checkpoint(
-                self.checkpoints, self.model, epoch + 1, self.history, self.epoch_seconds, self.run_fingerprint
-            )
-
-    def _log(self, logs: dict[str, float], seconds: float) -> None:
-        if self.live is None:
-            return
-        for name, value in logs.items():
-            if name == "learning_rate":
-                self.live.log_metric(name, value)
-            else:
-                split = "val" if name.startswith("val_") else "train"
-                self.live.log_metric(f"{split}/{name.removeprefix('val_')}", value)
-        self.live.log_metric("epoch_seconds", seconds)
-        self.live.next_step()
-
-
-def train_model(
-    arrays: dict[str, np.ndarray],
-    stats: Stats,
-    params: TrainParams,
-    seed: int,
-    live: Live | None = None,
-    checkpoints: Path | None = None,
-) -> TrainResult:
-    """Train the CNN on normalized arrays (x_train, y_train, x_val, y_val) and return the inference model.
-
-    With `checkpoints`, a checkpoint is saved there after every epoch, and a matching one found
-    there at the start is resumed from.
-    """
-    x_train, y_train = arrays["x_train"], arrays["y_train"]
-    x_val, y_val = arrays["x_val"], arrays["y_val"]
-    steps = steps_per_epoch(len(x_train), params.batch_size)
-    run_fingerprint = fingerprint(params, seed, arrays, stats)
-    resume = load_checkpoint(checkpoints, run_fingerprint, params.epochs) if checkpoints else Resume(None)
-    if checkpoints:
-        print(f"train: {resume.reason}")
-    if resume.model is not None:
-        core = resume.model
-    else:
-        core = build_seed_cnn(params)
-        core.compile(
-            optimizer=make_optimizer(params, steps),
-            loss=keras.losses.SparseCategoricalCrossentropy(),  # categorical cross-entropy on integer labels
-            metrics=["accuracy"],
-        )
-    epoch_log = EpochLog(live, checkpoints, run_fingerprint, resume)
-    if resume.epochs_done < params.epochs:
-        core.fit(
-            train_dataset(x_train, y_train, params, seed, start_epoch=resume.epochs_done),
-            initial_epoch=resume.epochs_done,
-            epochs=params.epochs,
-            steps_per_epoch=steps,
-            shuffle=False,  # the dataset shuffles itself, seeded per epoch
-            validation_data=eval_dataset(x_val, y_val, VAL_BATCH) if len(x_val) else None,
-            callbacks=[epoch_log],
-            verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, one line per epoch in logs
-        )
-    # Export in float32 whatever the training precision, so the model runs anywhere at full accuracy.
-    training_policy = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy("float32")
-    try:
-        export_core = build_seed_cnn(params)
-        export_core.set_weights(core.get_weights())
-        model = build_inference_model(export_core, stats)
-    finally:
-        keras.mixed_precision.set_dtype_policy(training_policy)
-    return TrainResult(model, epoch_log.history, epoch_log.epoch_seconds, len(x_train), resume.epochs_done)
-
-
-def summarize(result: TrainResult, params: TrainParams, device: str, wall_seconds: float) -> dict:
-    """Return metrics/train.json: final losses and accuracies, cost and speed."""
-    last = {name: float(values[-1]) for name, values in result.history.items()}
-    # Speed is steady-state: the first epoch of a process also pays for tracing the graph; leave it out when we can.
-    first = result.resumed_from if result.resumed_from < len(result.epoch_seconds) else 0
-    timed = [s for i, s in enumerate(result.epoch_seconds) if i != first] or result.epoch_seconds
-    return {
-        "accuracy": last["accuracy"],
-        "loss": last["loss"],
-        "val_accuracy": last.get("val_accuracy"),
-        "val_loss": last.get("val_loss"),
-        "epochs": len(result.epoch_seconds),
-        "wall_seconds": round(wall_seconds, 2),
-        "seconds_per_epoch": round(float(np.mean(timed)), 2),
-        "images_per_second": round(result.num_train * len(timed) / float(np.sum(timed)), 1),
-        "resumed_from_epoch": result.resumed_from,
-        "device": device,
-        "mixed_precision": params.mixed_precision,
-    }
-
-
-def save_model(model: keras.Model, folder: Path, meta: dict) -> None:
-    """Write model.keras, the tutorial's model.json + model.weights.h5, and meta.json into `folder`."""
-    model.save(folder / "model.keras")
-    (folder / "model.json").write_text(model.to_json(indent=2) + "\n")
-    model.save_weights(folder / "model.weights.h5")
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+from cifar10.atomic import write_json
+from cifar10.classifier import save_classifier
+from cifar10.dataset import CLASS_NAMES
+from cifar10.errors import run_stage
+from cifar10.normalized import read_normalized
+from cifar10.params import as_dict
+from cifar10.stage import start_stage
+from cifar10.training import configure_runtime, summarize, train_model
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", type=Path, help="folder written by the normalize stage")
-    parser.add_argument("models", type=Path, help="folder for the trained model files")
-    parser.add_argument("live", type=Path, help="DVCLive folder for per-epoch metrics")
-    parser.add_argument("metrics", type=Path, help="metrics/train.json")
-    parser.add_argument("checkpoints", type=Path, help="folder for end-of-epoch checkpoints (kept between runs)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args()
-    raw = read_params_file(args.params)
-    params: TrainParams = load_section(raw, "train")
-    seed = load_seed(raw)
-    arrays = load_normalized(args.data, ("x_train", "y_train", "x_val", "y_val"))
-    stats = load_stats(args.data / "stats.json")
+    args, params, seed = start_stage(
+        __doc__,
+        {
+            "data": "folder written by the normalize stage",
+            "models": "folder for the trained model files",
+            "live": "DVCLive folder for per-epoch metrics",
+            "metrics": "metrics/train.json",
+            "checkpoints": "folder for end-of-epoch checkpoints (kept between runs, not a DVC output)",
+        },
+        section="train",
+        seeded=True,
+    )
+    arrays, stats = read_normalized(args.data)
     device = configure_runtime(params, seed)
     print(f"train: {len(arrays['x_train'])} training, {len(arrays['x_val'])} validation images on {device}")
 
     start = time.perf_counter()
     # dvcyaml=False: dvc.yaml is hand-written and declares the plots; DVCLive only writes its files.
+    # The resolved params travel in models/meta.json, so DVCLive logs only the per-epoch metrics.
     with Live(str(args.live), dvcyaml=False, save_dvc_exp=False) as live:
-        live.log_params({"seed": seed, **as_dict(params)})
         result = train_model(arrays, stats, params, seed, live, args.checkpoints)
     wall = time.perf_counter() - start
 
     meta = {"seed": seed, "train": as_dict(params), "stats": stats.to_json(), "class_names": list(CLASS_NAMES)}
-    with atomic_dir(args.models) as tmp:
-        save_model(result.model, tmp, meta)
+    save_classifier(result.model, args.models, meta)
     summary = summarize(result, params, device, wall)
     write_json(args.metrics, summary)
     print(f"train: {json.dumps(summary)}")

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
+from cifar10.params import DownloadParams, NormalizeParams, TrainParams, load_section_from
+
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 PER_BATCH = 20  # images in each of the 5 training batches of the synthetic archive
@@ -91,6 +93,19 @@ def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     server.server_close()
 
 
+def train_params(**overrides) -> TrainParams:
+    """The committed train params with some values replaced, checked as a stage would."""
+    return load_section_from(ROOT / "params.yaml", "train", **overrides)
+
+
+def normalize_params(**overrides) -> NormalizeParams:
+    return load_section_from(ROOT / "params.yaml", "normalize", **overrides)
+
+
+def download_params(**overrides) -> DownloadParams:
+    return load_section_from(ROOT / "params.yaml", "download", **overrides)
+
+
 TINY_TRAIN = {
     "epochs": 1,
     "batch_size": 16,
@@ -101,10 +116,13 @@ TINY_TRAIN = {
 
 
 def stage_env() -> dict[str, str]:
-    """The environment for stage subprocesses: this interpreter's `python` first on PATH, quiet TensorFlow."""
+    """The environment for stage subprocesses: this interpreter's `python` first on PATH, no analytics.
+
+    TensorFlow's logging is left as a user has it, so the tests see what a user sees.
+    """
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     env["DVC_NO_ANALYTICS"] = "1"
     env.pop("PYTHONPATH", None)
     return env
@@ -140,10 +158,10 @@ def set_params(repo: Path, updates: dict[str, dict]) -> None:
 
 @pytest.fixture()
 def project(tmp_path: Path) -> Path:
-    """A committed git + DVC repo with a copy of the project (stages, dvc.yaml, params.yaml) and a git identity."""
+    """A committed git + DVC repo with a copy of the project (stages, library, dvc.yaml, params.yaml), git identity."""
     repo = tmp_path / "project"
     repo.mkdir()
-    for name in ("stages",):
+    for name in ("stages", "cifar10"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy2(ROOT / name, repo / name)
@@ -155,3 +173,23 @@ def project(tmp_path: Path) -> Path:
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "project", cwd=repo)
     return repo
+
+
+def run_limited(
+    args: list[str], cwd: Path, memory_mb: int = 1024, timeout_s: float = 120, stdin: bytes | None = None
+) -> subprocess.CompletedProcess:
+    """Run a command under an address-space limit and a deadline, for tests that feed hostile input.
+
+    A regression then fails the test (MemoryError, a non-zero exit, a timeout) instead of filling the
+    machine. TensorFlow reserves far more address space than it uses, so keep such commands free of it.
+    """
+    import resource
+
+    limit = memory_mb * 2**20
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return subprocess.run(
+        args, cwd=cwd, env=stage_env(), capture_output=True, timeout=timeout_s, preexec_fn=cap, input=stdin
+    )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.atomic import atomic_dir, atomic_file, write_json
+from cifar10.atomic import atomic_dir, atomic_file, write_json
 
 
 def test_atomic_file_keeps_the_old_file_on_failure(tmp_path: Path):

@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.cifar import CLASS_NAMES, load_test, load_train_test, read_archive, safe_unpickle
-from stages.errors import DataError
+from cifar10.archive import load_test, load_train, read_archive, safe_unpickle
+from cifar10.dataset import CLASS_NAMES
+from cifar10.errors import DataError
 from tests.conftest import PER_BATCH, TEST_IMAGES, synthetic_batches, write_archive
 
 
 def test_reads_all_batches_as_nhwc_uint8(archive):
     path, _ = archive
-    train, test = load_train_test(path)
+    train, test = load_train(path), load_test(path)
     assert train.images.shape == (5 * PER_BATCH, 32, 32, 3) and train.images.dtype == np.uint8
     assert test.images.shape == (TEST_IMAGES, 32, 32, 3)
     assert train.labels.dtype == np.uint8 and set(train.labels) == set(range(10))
@@ -97,7 +98,7 @@ def test_bad_batches_are_refused(tmp_path: Path, members, message):
     path = tmp_path / "a.tar.gz"
     write_archive(path, members)
     with pytest.raises(DataError) as info:
-        load_train_test(path)
+        read_archive(path)
     assert message in str(info.value)
 
 
@@ -128,6 +129,6 @@ def test_members_are_never_extracted(tmp_path: Path, archive, monkeypatch):
 
 
 def test_test_batch_alone_matches_the_full_read(archive):
-    _, full = load_train_test(archive[0])
+    full = read_archive(archive[0])["test_batch"]
     alone = load_test(archive[0])
     assert np.array_equal(alone.images, full.images) and np.array_equal(alone.labels, full.labels)

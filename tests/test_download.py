@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.download import download_archive, md5_of
-from stages.errors import DataError, StageError
-from stages.params import DownloadParams
+from cifar10.download import download_archive, md5_of
+from cifar10.errors import DataError, StageError
+from tests.conftest import download_params
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -21,7 +21,7 @@ def test_http_download_verifies_and_lands(archive, http_server, tmp_path: Path):
     base, root = http_server
     shutil.copy(path, root / "cifar.tar.gz")
     dest = tmp_path / "raw" / "cifar-10-python.tar.gz"
-    assert download_archive(DownloadParams(url=f"{base}/cifar.tar.gz", md5=md5), dest) == md5
+    assert download_archive(download_params(url=f"{base}/cifar.tar.gz", md5=md5), dest) == md5
     assert md5_of(dest) == md5
     assert _leftovers(dest.parent) == ["cifar-10-python.tar.gz"]
 
@@ -31,7 +31,7 @@ def test_local_sources(archive, tmp_path: Path, form: str):
     path, md5 = archive
     url = path.as_uri() if form == "file_url" else str(path)
     dest = tmp_path / "out.tar.gz"
-    download_archive(DownloadParams(url=url, md5=md5), dest)
+    download_archive(download_params(url=url, md5=md5), dest)
     assert dest.read_bytes() == path.read_bytes()
 
 
@@ -43,7 +43,7 @@ def test_checksum_mismatch_gives_both_sums_and_leaves_nothing(archive, http_serv
     dest = tmp_path / "raw" / "cifar-10-python.tar.gz"
     for url in (f"{base}/cifar.tar.gz", str(path)):
         with pytest.raises(DataError) as info:
-            download_archive(DownloadParams(url=url, md5=wrong), dest)
+            download_archive(download_params(url=url, md5=wrong), dest)
         assert f"expected {wrong}, got {md5}" in str(info.value)
         assert _leftovers(dest.parent) == []
 
@@ -51,9 +51,9 @@ def test_checksum_mismatch_gives_both_sums_and_leaves_nothing(archive, http_serv
 def test_a_failed_run_keeps_the_previous_good_file(archive, tmp_path: Path):
     path, md5 = archive
     dest = tmp_path / "out.tar.gz"
-    download_archive(DownloadParams(url=str(path), md5=md5), dest)
+    download_archive(download_params(url=str(path), md5=md5), dest)
     with pytest.raises(DataError):
-        download_archive(DownloadParams(url=str(path), md5="f" * 32), dest)
+        download_archive(download_params(url=str(path), md5="f" * 32), dest)
     assert md5_of(dest) == md5
 
 
@@ -61,9 +61,9 @@ def test_missing_sources_and_unknown_schemes(http_server, tmp_path: Path):
     base, _ = http_server
     dest = tmp_path / "out.tar.gz"
     with pytest.raises(StageError, match="HTTP 404"):
-        download_archive(DownloadParams(url=f"{base}/nope.tar.gz", md5="0" * 32, retries=0), dest)
+        download_archive(download_params(url=f"{base}/nope.tar.gz", md5="0" * 32, retries=0), dest)
     with pytest.raises(StageError, match="which is not a file"):
-        download_archive(DownloadParams(url=str(tmp_path / "nope.tar.gz"), md5="0" * 32), dest)
+        download_archive(download_params(url=str(tmp_path / "nope.tar.gz"), md5="0" * 32), dest)
     with pytest.raises(StageError, match="unsupported scheme 'ftp'"):
-        download_archive(DownloadParams(url="ftp://example.org/c.tar.gz", md5="0" * 32), dest)
+        download_archive(download_params(url="ftp://example.org/c.tar.gz", md5="0" * 32), dest)
     assert _leftovers(tmp_path) == ["www"]

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.download import download_archive, md5_of
-from stages.normalize import split_and_normalize
-from stages.params import DownloadParams, NormalizeParams
-from tests.conftest import ROOT, TINY_TRAIN, dvc, git, set_params, stage_env
+from cifar10.archive import load_train
+from cifar10.download import download_archive, md5_of
+from cifar10.normalized import write_normalized
+from cifar10.preprocessing import split_and_normalize
+from tests.conftest import ROOT, TINY_TRAIN, download_params, dvc, git, normalize_params, set_params, stage_env
 
 # ---------------------------------------------------------------- kill and resume
 
@@ -29,12 +30,9 @@ from tests.conftest import ROOT, TINY_TRAIN, dvc, git, set_params, stage_env
 @pytest.fixture()
 def train_workdir(tmp_path: Path, archive) -> Path:
     """A folder with normalized arrays and a params.yaml for a tiny deterministic training of many epochs."""
-    arrays, stats = split_and_normalize(archive[0], NormalizeParams(val_size=20), seed=42)
-    data = tmp_path / "data"
-    data.mkdir()
-    for name, array in arrays.items():
-        np.save(data / f"{name}.npy", array)
-    (data / "stats.json").write_text(json.dumps(stats.to_json()))
+    train = load_train(archive[0])
+    arrays, stats = split_and_normalize(train.images, train.labels, normalize_params(val_size=20), seed=42)
+    write_normalized(tmp_path / "data", arrays, stats, "global")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"].update({**TINY_TRAIN, "epochs": 12, "deterministic": True})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -164,7 +162,7 @@ def test_dropped_connection_retries_and_resumes(tmp_path: Path, archive, allow_r
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         dest = tmp_path / "raw" / "cifar-10-python.tar.gz"
-        params = DownloadParams(url=f"http://127.0.0.1:{server.server_address[1]}/c.tar.gz", md5=md5, retries=3)
+        params = download_params(url=f"http://127.0.0.1:{server.server_address[1]}/c.tar.gz", md5=md5, retries=3)
         download_archive(params, dest, backoff_s=0.01)
     finally:
         server.shutdown()

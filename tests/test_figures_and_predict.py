@@ -7,19 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from stages.cifar import CLASS_NAMES
-from stages.figures import confident_mistakes, confusion_png, first_predictions_grid, mistakes_grid, to_display
-from stages.model import build_inference_model, build_seed_cnn
-from stages.normalize import Stats
-from stages.params import TrainParams
-from stages.predict import load_image, top_k
-from stages.predict import main as predict_main
-from tests.conftest import ROOT, stage_env
+from cifar10.dataset import CLASS_NAMES
+from cifar10.figures import confident_mistakes, confusion_png, first_predictions_grid, mistakes_grid
+from cifar10.framework import keras
+from cifar10.model import build_inference_model, build_seed_cnn
+from cifar10.normalized import Stats, denormalize_images
+from cifar10.predict import load_image, top_k
+from cifar10.predict import main as predict_main
+from tests.conftest import ROOT, stage_env, train_params
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -64,12 +63,12 @@ def test_display_undoes_normalization():
     raw = np.random.default_rng(1).integers(0, 256, size=(2, 32, 32, 3)).astype(np.uint8)
     stats = Stats((120.0,), (60.0,), 1e-7)
     normalized = (raw.astype(np.float32) - 120.0) / (60.0 + 1e-7)
-    assert np.array_equal(to_display(normalized, stats.mean, stats.std, stats.eps), raw)
+    assert np.array_equal(denormalize_images(normalized, stats), raw)
 
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory) -> Path:
-    core = build_seed_cnn(TrainParams(widths=(4, 4, 4)))
+    core = build_seed_cnn(train_params(widths=(4, 4, 4)), seed=0)
     model = build_inference_model(core, Stats((120.0,), (64.0,), 1e-7))
     path = tmp_path_factory.mktemp("model") / "model.keras"
     model.save(path)
@@ -137,7 +136,24 @@ def test_installed_command_runs(tmp_path: Path, saved_model: Path):
         cwd=ROOT,
     )
     assert result.returncode == 1  # one file failed; the other two were classified
-    assert f"error: {broken}: not a readable image" in result.stderr
+    # Exactly the one error line: none of TensorFlow's start-up logging.
+    assert result.stderr.strip() == f"error: {broken}: not a readable image (UnidentifiedImageError)"
     lines = result.stdout.splitlines()
     assert [line.split(": ")[0] for line in lines] == [str(png), str(jpeg)]
     assert all(len(line.split(": ", 1)[1].split("  ")) == 3 for line in lines)  # top-3 classes each
+
+
+def test_predict_loads_no_stage_no_plotting_and_answers_help_before_keras():
+    code = (
+        "import sys, contextlib, io\n"
+        "from cifar10.predict import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('stages', 'matplotlib', 'keras', 'tensorflow')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=stage_env(), cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

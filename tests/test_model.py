@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from stages.input_pipeline import augment_batch, steps_per_epoch, train_dataset
-from stages.model import build_inference_model, build_seed_cnn, make_schedule
-from stages.normalize import Stats, normalize_images
-from stages.params import TrainParams
+from cifar10.framework import tf
+from cifar10.input_pipeline import augment_batch, steps_per_epoch, train_dataset
+from cifar10.model import build_inference_model, build_seed_cnn, make_schedule
+from cifar10.normalized import Stats, normalize_images
+from cifar10.params import TrainParams
+from cifar10.seeds import STREAMS, stream_seed
+from tests.conftest import train_params
 
 
 def test_default_network_is_the_tutorials():
-    model = build_seed_cnn(TrainParams())
+    model = build_seed_cnn(train_params(), seed=0)
     assert model.count_params() == 309_290
     convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
     assert [c.filters for c in convs] == [32, 32, 64, 64, 128, 128]
@@ -25,7 +27,7 @@ def test_default_network_is_the_tutorials():
 
 
 def test_network_follows_its_params():
-    model = build_seed_cnn(TrainParams(widths=(8, 16), dropout=(0.1, 0.1), block_depth=1, weight_decay=0))
+    model = build_seed_cnn(train_params(widths=(8, 16), dropout=(0.1, 0.1), block_depth=1, weight_decay=0), seed=0)
     convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
     assert [c.filters for c in convs] == [8, 16] and convs[0].kernel_regularizer is None
 
@@ -35,14 +37,14 @@ def learning_rate_at(params: TrainParams, steps_per_epoch: int, step: int) -> fl
 
 
 def test_schedule_steps_down_at_epoch_boundaries_with_time_decay():
-    params = TrainParams()  # 1e-3, then 5e-4 after 75 epochs, then 3e-4 after 100; decay 1e-6 per step
+    params = train_params()  # 1e-3, then 5e-4 after 75 epochs, then 3e-4 after 100; decay 1e-6 per step
     steps = 100
     assert learning_rate_at(params, steps, 0) == pytest.approx(1e-3)
     assert learning_rate_at(params, steps, 75 * steps - 1) == pytest.approx(1e-3 / (1 + 1e-6 * (75 * steps - 1)))
     assert learning_rate_at(params, steps, 75 * steps) == pytest.approx(5e-4 / (1 + 1e-6 * 75 * steps))
     assert learning_rate_at(params, steps, 100 * steps) == pytest.approx(3e-4 / (1 + 1e-6 * 100 * steps))
     # The tutorial's `elif` bug (3e-4 never reached) is expressible as a schedule with one boundary.
-    buggy = TrainParams(lr_boundaries=(76,), lr_values=(1e-3, 5e-4), lr_decay=0)
+    buggy = train_params(lr_boundaries=(76,), lr_values=(1e-3, 5e-4), lr_decay=0)
     assert learning_rate_at(buggy, steps, 110 * steps) == pytest.approx(5e-4)
 
 
@@ -52,7 +54,7 @@ def test_schedule_steps_down_at_epoch_boundaries_with_time_decay():
 def test_uint8_model_normalizes_inside(stats):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
-    core = build_seed_cnn(TrainParams(widths=(4, 4, 4)))
+    core = build_seed_cnn(train_params(widths=(4, 4, 4)), seed=0)
     model = build_inference_model(core, stats)
     assert model.input.dtype == "uint8"
     expected = core.predict(normalize_images(images, stats), verbose=0)
@@ -65,7 +67,7 @@ def _images(n: int = 8) -> np.ndarray:
 
 def test_flip_only_mirrors_or_keeps_each_image():
     x = _images()
-    params = TrainParams(rotation_deg=0, shift=0, flip=True)
+    params = train_params(rotation_deg=0, shift=0, flip=True)
     out = augment_batch(tf.constant(x), tf.constant(5), seed=0, params=params).numpy()
     mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, x)]
     kept = [np.array_equal(o, i) for o, i in zip(out, x)]
@@ -74,7 +76,7 @@ def test_flip_only_mirrors_or_keeps_each_image():
 
 def test_augmentation_is_keyed_by_seed_and_step():
     x = tf.constant(_images())
-    params = TrainParams()
+    params = train_params()
     a = augment_batch(x, tf.constant(3), seed=0, params=params).numpy()
     b = augment_batch(x, tf.constant(3), seed=0, params=params).numpy()
     c = augment_batch(x, tf.constant(4), seed=0, params=params).numpy()
@@ -84,17 +86,65 @@ def test_augmentation_is_keyed_by_seed_and_step():
     assert not np.allclose(a, x.numpy())
 
 
-def test_pure_shift_moves_content_by_whole_pixels():
-    x = np.zeros((1, 32, 32, 1), np.float32)
-    x[0, 10, 10, 0] = 1.0
-    params = TrainParams(rotation_deg=0, shift=0.2, flip=False, fill_mode="constant")
-    out = augment_batch(tf.constant(x), tf.constant(0), seed=0, params=params).numpy()[0, :, :, 0]
-    assert out.sum() == pytest.approx(1.0, abs=1e-4)  # the pixel moved (split bilinearly) but did not vanish
-    assert out[10, 10] < 1.0
+def _draws(stream: str, seed: int, step: int, batch: int, low: float, high: float) -> np.ndarray:
+    """The uniform draws of one augmentation stream, as the pipeline documents them: keyed by (stream key, step)."""
+    key = tf.constant([stream_seed(seed, stream), step], tf.int64)
+    return tf.random.stateless_uniform([batch], seed=key, minval=low, maxval=high).numpy()
+
+
+def _ramps(batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose channel 0 is the column index x and channel 1 the row index y of each pixel."""
+    y, x = np.mgrid[0:32, 0:32].astype(np.float32)
+    return np.broadcast_to(np.stack([x, y], axis=-1), (batch, 32, 32, 2)).copy(), np.stack([x, y], axis=-1)
+
+
+INNER = slice(8, 24)  # pixels whose source stays inside the image for rotations of up to 15 degrees
+
+
+def test_rotation_is_the_drawn_angle_in_degrees_about_the_image_centre():
+    batch, seed, step = 6, 11, 3
+    params = train_params(rotation_deg=15.0, shift=0, flip=False)
+    images, grid = _ramps(batch)
+    out = augment_batch(tf.constant(images), tf.constant(step), seed, params).numpy()
+    degrees = _draws("rotation", seed, step, batch, -15.0, 15.0)
+    centre = 15.5  # (32 - 1) / 2: the middle between the two central pixels
+    xs, ys = grid[INNER, INNER, 0].ravel(), grid[INNER, INNER, 1].ravel()
+    design = np.stack([xs, ys, np.ones_like(xs)], axis=1)
+    for k in range(batch):
+        # Each output pixel samples the input at its position rotated about the centre: a linear map of (x, y).
+        (a, b, c), *_ = np.linalg.lstsq(design, out[k, INNER, INNER, 0].ravel(), rcond=None)
+        angle = np.degrees(np.arctan2(-b, a))
+        assert angle == pytest.approx(degrees[k], abs=0.05)  # degrees, not radians: |angle| <= 15
+        assert abs(angle) <= 15.0
+        assert c == pytest.approx(centre - a * centre - b * centre, abs=0.05)  # the centre stays in place
+        assert np.hypot(a, b) == pytest.approx(1.0, abs=1e-3)  # no scaling
+    assert len({round(float(d), 3) for d in degrees}) == batch  # one draw per image
+
+
+def test_shift_moves_content_by_the_drawn_fraction_of_the_size():
+    batch, seed, step = 6, 11, 3
+    params = train_params(rotation_deg=0.0, shift=0.1, flip=False)
+    images, grid = _ramps(batch)
+    out = augment_batch(tf.constant(images), tf.constant(step), seed, params).numpy()
+    dx = _draws("shift_x", seed, step, batch, -0.1, 0.1) * 32  # pixels
+    dy = _draws("shift_y", seed, step, batch, -0.1, 0.1) * 32
+    for k in range(batch):
+        # Content moves right by dx and down by dy: the pixel at x shows what was at x - dx.
+        assert np.allclose(out[k, INNER, INNER, 0], grid[INNER, INNER, 0] - dx[k], atol=1e-3)
+        assert np.allclose(out[k, INNER, INNER, 1], grid[INNER, INNER, 1] - dy[k], atol=1e-3)
+        assert abs(dx[k]) <= 3.2 and abs(dy[k]) <= 3.2
+    assert not np.allclose(dx, dy)  # the two axes draw from different streams
+
+
+def test_random_streams_are_independent_of_each_other_and_of_the_seed():
+    keys = {(seed, name): stream_seed(seed, name) for seed in (42, 43) for name in STREAMS}
+    assert len(set(keys.values())) == len(keys)
+    with pytest.raises(ValueError, match="unknown random stream"):
+        stream_seed(42, "flips")
 
 
 def test_each_epoch_visits_every_image_once_and_resume_matches():
-    n, params = 37, TrainParams(epochs=3, batch_size=8, rotation_deg=0, shift=0, flip=False)
+    n, params = 37, train_params(epochs=3, batch_size=8, rotation_deg=0, shift=0, flip=False)
     x = np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, 32, 32, 3), np.float32)
     y = (np.arange(n) % 10).astype(np.uint8)
     batches = [(bx.numpy()[:, 0, 0, 0], by.numpy()) for bx, by in train_dataset(x, y, params, seed=7)]

@@ -8,18 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.errors import DataError
-from stages.normalize import (
+from cifar10.archive import load_train
+from cifar10.errors import DataError
+from cifar10.normalized import (
     Stats,
-    compute_stats,
-    load_normalized,
-    load_stats,
+    denormalize_images,
     normalize_images,
-    split_and_normalize,
-    stratified_split,
+    read_normalized,
+    read_stats,
+    write_normalized,
 )
-from stages.params import NormalizeParams
-from tests.conftest import PER_BATCH, TEST_IMAGES
+from cifar10.preprocessing import compute_stats, split_and_normalize, stratified_split
+from cifar10.seeds import stream_seed
+from tests.conftest import PER_BATCH, normalize_params
 
 
 def test_split_is_stratified_exact_disjoint_and_seeded():
@@ -70,26 +71,43 @@ def test_formula_matches_the_tutorial():
 
 
 def test_statistics_come_from_the_training_part_only(archive):
-    arrays, stats = split_and_normalize(archive[0], NormalizeParams(val_size=20), seed=3)
+    train = load_train(archive[0])
+    arrays, stats = split_and_normalize(train.images, train.labels, normalize_params(val_size=20), seed=3)
+    assert set(arrays) == {"x_train", "y_train", "x_val", "y_val"}  # no test arrays: evaluate reads the archive
     assert len(arrays["x_train"]) == 5 * PER_BATCH - 20 and len(arrays["x_val"]) == 20
-    assert len(arrays["x_test"]) == TEST_IMAGES
-    # Training pixels are exactly standardized; validation and test pixels are not.
+    # Training pixels are exactly standardized; validation pixels are not.
     assert abs(float(arrays["x_train"].mean())) < 1e-4 and abs(float(arrays["x_train"].std()) - 1) < 1e-4
     assert abs(float(arrays["x_val"].mean())) > 1e-4
     assert {a.dtype for k, a in arrays.items() if k.startswith("x_")} == {np.dtype(np.float32)}
+    # Labels travel with their images: un-normalizing gives back exactly the archive's pixels.
+    train_idx, val_idx = stratified_split(train.labels, 20, stream_seed(3, "split"))
+    assert np.array_equal(denormalize_images(arrays["x_val"], stats), train.images[val_idx])
+    assert np.array_equal(arrays["y_train"], train.labels[train_idx])
+
+
+def test_written_arrays_read_back_unchanged(tmp_path: Path, archive):
+    train = load_train(archive[0])
+    for val_size in (0, 20):
+        arrays, stats = split_and_normalize(train.images, train.labels, normalize_params(val_size=val_size), seed=1)
+        write_normalized(tmp_path / f"v{val_size}", arrays, stats, "global")
+        back, back_stats = read_normalized(tmp_path / f"v{val_size}")
+        assert back_stats == stats
+        assert set(back) == set(arrays) and all(np.array_equal(back[k], arrays[k]) for k in arrays)
+        assert len(back["x_val"]) == val_size
 
 
 def _write(folder: Path, arrays: dict) -> None:
     folder.mkdir(exist_ok=True)
     for name, array in arrays.items():
         np.save(folder / f"{name}.npy", array)
+    (folder / "stats.json").write_text(json.dumps({"mean": [120.0], "std": [60.0], "eps": 1e-7}))
 
 
 def test_hand_edited_arrays_are_refused(tmp_path: Path):
     x = np.zeros((4, 32, 32, 3), np.float32)
     y = np.zeros(4, np.uint8)
     _write(tmp_path / "ok", {"x_train": x, "y_train": y})
-    assert len(load_normalized(tmp_path / "ok", ("x_train", "y_train"))["x_train"]) == 4
+    assert len(read_normalized(tmp_path / "ok", ("train",))[0]["x_train"]) == 4
     cases = {
         "count": ({"x_train": x, "y_train": y[:3]}, "x_train.npy has 4 images but y_train.npy has 3 labels"),
         "dtype": ({"x_train": x.astype(np.float64), "y_train": y}, "must be float32 of shape (N, 32, 32, 3)"),
@@ -99,10 +117,10 @@ def test_hand_edited_arrays_are_refused(tmp_path: Path):
     for name, (arrays, message) in cases.items():
         _write(tmp_path / name, arrays)
         with pytest.raises(DataError) as info:
-            load_normalized(tmp_path / name, ("x_train", "y_train"))
+            read_normalized(tmp_path / name, ("train",))
         assert message in str(info.value), name
     with pytest.raises(DataError, match="run the normalize stage first"):
-        load_normalized(tmp_path / "missing", ("x_train",))
+        read_normalized(tmp_path / "missing", ("train",))
 
 
 @pytest.mark.parametrize(
@@ -118,5 +136,5 @@ def test_hand_edited_stats_are_refused(tmp_path: Path, content, message):
     path = tmp_path / "stats.json"
     path.write_text(json.dumps(content))
     with pytest.raises(DataError) as info:
-        load_stats(path)
+        read_stats(path)
     assert message in str(info.value)

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.errors import ParamError
-from stages.params import (
+from cifar10.errors import ParamError
+from cifar10.params import (
     OFFICIAL_MD5,
     OFFICIAL_URL,
+    SECTIONS,
     DownloadParams,
     EvaluateParams,
     NormalizeParams,
@@ -37,7 +38,6 @@ def test_committed_params_are_the_tutorial_recipe():
     normalize = load_section(raw, "normalize")
     assert (normalize.val_size, normalize.method, normalize.eps) == (5000, "global", 1e-7)
     train = load_section(raw, "train")
-    assert train == TrainParams()  # params.yaml and the dataclass defaults say the same thing
     assert (train.epochs, train.batch_size, train.widths, train.dropout) == (125, 64, (32, 64, 128), (0.2, 0.3, 0.4))
     assert (train.optimizer, train.lr_boundaries, train.lr_values, train.lr_decay) == (
         "rmsprop",
@@ -90,22 +90,31 @@ def test_committed_params_are_the_tutorial_recipe():
             {"url": "x", "md5": "abc"},
             "download.md5 must be 32 hexadecimal digits, got 'abc'",
         ),
-        ("download", DownloadParams, {"url": "x"}, "download.md5 is missing from params.yaml"),
         ("evaluate", EvaluateParams, {"batch_size": -5}, "evaluate.batch_size must be a positive integer, got -5"),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(section, cls, raw, message):
     with pytest.raises(ParamError) as info:
-        parse_section(cls, section, raw)
+        parse_section(cls, section, {**committed_params()[section], **raw})
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_numbers_written_without_a_dot_are_accepted_as_floats():
     # YAML 1.1 reads `1e-3` as a string; users write it that way all the time.
-    params = parse_section(TrainParams, "train", {"lr_values": ["1e-3", 5e-4, "3e-4"], "weight_decay": 0})
+    raw = {**committed_params()["train"], "lr_values": ["1e-3", 5e-4, "3e-4"], "weight_decay": 0}
+    params = parse_section(TrainParams, "train", raw)
     assert params.lr_values == (1e-3, 5e-4, 3e-4)
     assert params.weight_decay == 0.0
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_every_missing_key_is_named(section):
+    # The defaults live in params.yaml alone: deleting `train.epochs` must not silently train 125 epochs.
+    for key in committed_params()[section]:
+        raw = {k: v for k, v in committed_params()[section].items() if k != key}
+        with pytest.raises(ParamError, match=rf"^{section}\.{key} is missing from params.yaml$"):
+            parse_section(SECTIONS[section], section, raw)
 
 
 def test_missing_section_and_unknown_section_are_refused(tmp_path: Path):
@@ -132,7 +141,7 @@ def test_unreadable_params_file(tmp_path: Path):
 def test_stage_exits_nonzero_with_one_line_and_writes_nothing(tmp_path: Path, archive):
     path, md5 = archive
     params = committed_params()
-    params["download"] = {"url": str(path), "md5": md5, "retries": -1}
+    params["download"].update({"url": str(path), "md5": md5, "retries": -1})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "data" / "raw" / "cifar-10-python.tar.gz"
     result = subprocess.run(

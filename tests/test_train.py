@@ -5,18 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.cifar import load_train_test
-from stages.errors import StageError
-from stages.normalize import compute_stats, normalize_images
-from stages.params import TrainParams
-from stages.train import configure_runtime, summarize, train_model
+from cifar10.archive import load_test, load_train
+from cifar10.errors import StageError
+from cifar10.normalized import normalize_images
+from cifar10.preprocessing import compute_stats
+from cifar10.training import configure_runtime, summarize, train_model
+from tests.conftest import train_params
 
 TINY = dict(batch_size=16, widths=(4, 8, 8), lr_boundaries=(1,), lr_values=(3e-3, 1e-3))
 
 
 @pytest.fixture(scope="module")
 def tiny_data(archive):
-    train, test = load_train_test(archive[0])
+    train, test = load_train(archive[0]), load_test(archive[0])
     stats = compute_stats(train.images[:80], "global", 1e-7)
     arrays = {
         "x_train": normalize_images(train.images[:80], stats),
@@ -29,7 +30,7 @@ def tiny_data(archive):
 
 def _train(tiny_data, **overrides):
     arrays, stats, _ = tiny_data
-    params = TrainParams(**{**TINY, "epochs": 2, **overrides})
+    params = train_params(**{**TINY, "epochs": 2, **overrides})
     configure_runtime(params, seed=5)
     return train_model(arrays, stats, params, seed=5), params
 
@@ -60,9 +61,22 @@ def test_bfloat16_training_exports_a_float32_model(tiny_data):
     result, _ = _train(tiny_data, mixed_precision="bfloat16", epochs=1)
     assert {w.dtype for w in result.model.get_weights()} == {np.dtype(np.float32)}
     assert all(layer.dtype_policy.name == "float32" for layer in result.model.layers[-1].layers)
-    configure_runtime(TrainParams(), seed=0)  # back to float32 for the other tests
+    configure_runtime(train_params(), seed=0)  # back to float32 for the other tests
 
 
 def test_divergence_stops_with_the_epoch_and_the_params_to_look_at(tiny_data):
     with pytest.raises(StageError, match=r"training diverged: loss is nan in epoch 1; lower train.lr_values"):
         _train(tiny_data, optimizer="sgd", lr_boundaries=(), lr_values=(1e6,), weight_decay=0, epochs=2)
+
+
+def test_training_without_a_validation_part_checkpoints_and_reports_no_validation(tiny_data, tmp_path):
+    # normalize.val_size: 0 ("train on all, as the tutorial did") leaves empty validation arrays.
+    arrays, stats, _ = tiny_data
+    empty = {**arrays, "x_val": arrays["x_val"][:0], "y_val": arrays["y_val"][:0]}
+    params = train_params(**{**TINY, "epochs": 1})
+    configure_runtime(params, seed=5)
+    result = train_model(empty, stats, params, seed=5, checkpoints=tmp_path / "checkpoints")
+    assert "val_loss" not in result.history and len(result.history["loss"]) == 1
+    assert (tmp_path / "checkpoints" / "state.json").is_file()  # the fingerprint hashed the empty array
+    summary = summarize(result, params, "CPU", 1.0)
+    assert summary["val_accuracy"] is None and summary["val_loss"] is None

@@ -14,13 +14,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import keras
 import numpy as np
 
-import stages.model  # noqa: F401  (registers the learning-rate schedule for loading)
-from stages.atomic import atomic_dir
-from stages.normalize import Stats
-from stages.params import TrainParams, as_dict
+import cifar10.model  # noqa: F401  (registers the learning-rate schedule that a checkpoint's optimizer names)
+from cifar10.atomic import atomic_dir, write_json
+from cifar10.framework import keras
+from cifar10.normalized import Stats
+from cifar10.params import TrainParams, as_dict
 
 MODEL_FILE = "train_state.keras"
 STATE_FILE = "state.json"
@@ -38,7 +38,7 @@ def fingerprint(params: TrainParams, seed: int, arrays: dict[str, np.ndarray], s
     for name in sorted(arrays):
         array = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}{array.dtype}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(array)  # the raw bytes, without a copy; an empty array (val_size 0) adds nothing
     return digest.hexdigest()
 
 
@@ -68,7 +68,7 @@ def save_checkpoint(
             "epoch_seconds": epoch_seconds,
             "seed_states": [np.asarray(v.numpy()).tolist() for v in _seed_states(model)],
         }
-        (tmp / STATE_FILE).write_text(json.dumps(state) + "\n")
+        write_json(tmp / STATE_FILE, state)
 
 
 def load_checkpoint(folder: Path, run_fingerprint: str, epochs: int) -> Resume:

@@ -1,6 +1,7 @@
 """The training input pipeline, entirely in the TensorFlow graph: seeded shuffle, gather, augment, prefetch.
 
-Every random draw is stateless and keyed by (seed, epoch) or (seed, global step), so the batches
+Every random draw is stateless and keyed by (stream key, epoch) or (stream key, global step), each
+stream (shuffle, flip, rotation, shift) with its own key derived from the seed, so the batches
 of epoch k are the same whether training ran straight through or resumed at epoch k.
 Augmentation (rotation, shift, horizontal flip) is one projective transform per image, batched.
 """
@@ -8,14 +9,12 @@ Augmentation (rotation, shift, horizontal flip) is one projective transform per 
 from __future__ import annotations
 
 import math
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from stages.params import TrainParams  # noqa: E402
+from cifar10.framework import tf
+from cifar10.params import TrainParams
+from cifar10.seeds import stream_seed
 
 
 def augment_batch(images: tf.Tensor, step: tf.Tensor, seed: int, params: TrainParams) -> tf.Tensor:
@@ -24,19 +23,18 @@ def augment_batch(images: tf.Tensor, step: tf.Tensor, seed: int, params: TrainPa
     batch, height, width = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
     step = tf.cast(step, tf.int64)
 
-    def draw(offset: int, low: float, high: float) -> tf.Tensor:
-        return tf.random.stateless_uniform(
-            [batch], seed=tf.stack([tf.constant(seed + offset, tf.int64), step]), minval=low, maxval=high
-        )
+    def draw(stream: str, low: float, high: float) -> tf.Tensor:
+        key = tf.stack([tf.constant(stream_seed(seed, stream), tf.int64), step])
+        return tf.random.stateless_uniform([batch], seed=key, minval=low, maxval=high)
 
     if params.flip:
-        flip = draw(0, 0.0, 1.0) < 0.5
+        flip = draw("flip", 0.0, 1.0) < 0.5
         images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
     if params.rotation_deg == 0 and params.shift == 0:
         return images
-    angle = draw(1, -params.rotation_deg, params.rotation_deg) * (math.pi / 180.0)
-    dx = draw(2, -params.shift, params.shift) * width  # pixels
-    dy = draw(3, -params.shift, params.shift) * height
+    angle = draw("rotation", -params.rotation_deg, params.rotation_deg) * (math.pi / 180.0)  # radians
+    dx = draw("shift_x", -params.shift, params.shift) * width  # pixels
+    dy = draw("shift_y", -params.shift, params.shift) * height
     cos, sin = tf.cos(angle), tf.sin(angle)
     cx, cy = (width - 1) / 2, (height - 1) / 2
     # The transform maps each output pixel (x, y) to the input pixel it samples:
@@ -74,7 +72,8 @@ def train_dataset(
     y = tf.convert_to_tensor(labels.astype(np.int32))
 
     def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
-        order = tf.argsort(tf.random.stateless_uniform([num], seed=tf.stack([tf.constant(seed, tf.int64), epoch])))
+        key = tf.stack([tf.constant(stream_seed(seed, "shuffle"), tf.int64), epoch])
+        order = tf.argsort(tf.random.stateless_uniform([num], seed=key))
         batches = tf.data.Dataset.from_tensor_slices(order).batch(params.batch_size)
         return batches.enumerate().map(lambda i, idx: (epoch * steps + i, idx))
 

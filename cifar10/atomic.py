@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cifar10.errors import DataError
+
 
 def _default_mode(directory: bool) -> int:
     # mkstemp/mkdtemp create private (0600/0700) entries; give outputs the modes the user's umask gives.
@@ -55,6 +57,14 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write `data` as indented JSON, atomically."""
+    """Write `data` as indented JSON, atomically: the one way this project writes JSON.
+
+    NaN and infinity are not JSON; a file holding them would break `dvc metrics` and every other reader,
+    so they are refused with DataError instead of written.
+    """
+    try:
+        text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        raise DataError(f"refusing to write {path}: it would hold a non-finite number (NaN or infinity)") from None
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text)

@@ -19,14 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from stages.errors import DataError
+from cifar10.dataset import CLASS_NAMES
+from cifar10.errors import DataError
 
-CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META = "batches.meta"
-IMAGE_SHAPE = (32, 32, 3)  # height, width, RGB
 PIXELS = 32 * 32 * 3  # bytes per image in a batch row: R plane, G plane, B plane, each row-major
 
 
@@ -141,12 +140,11 @@ def read_archive(path: Path, batches: tuple[str, ...] = (*TRAIN_BATCHES, TEST_BA
     return result
 
 
-def load_train_test(path: Path) -> tuple[Batch, Batch]:
-    """Return (the five training batches joined, the test batch) from the archive at `path`."""
-    batches = read_archive(path)
+def load_train(path: Path) -> Batch:
+    """Return the five training batches of the archive at `path`, joined in order."""
+    batches = read_archive(path, TRAIN_BATCHES)
     train = [batches[name] for name in TRAIN_BATCHES]
-    joined = Batch(np.concatenate([b.images for b in train]), np.concatenate([b.labels for b in train]))
-    return joined, batches[TEST_BATCH]
+    return Batch(np.concatenate([b.images for b in train]), np.concatenate([b.labels for b in train]))
 
 
 def load_test(path: Path) -> Batch:

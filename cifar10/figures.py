@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from stages.atomic import atomic_file  # noqa: E402
+from cifar10.atomic import atomic_file  # noqa: E402
 
 DPI = 100
 
@@ -119,9 +119,3 @@ def confusion_png(counts: np.ndarray, class_names: tuple[str, ...], path: Path, 
     fig.colorbar(shown, ax=ax, fraction=0.046)
     ax.set_title(f"Confusion matrix (test accuracy {accuracy:.2%})")
     _save(fig, path)
-
-
-def to_display(normalized: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], eps: float) -> np.ndarray:
-    """Undo z-scoring for display: float (N, 32, 32, 3) -> uint8."""
-    raw = normalized * (np.asarray(std) + eps) + np.asarray(mean)
-    return np.clip(np.rint(raw), 0, 255).astype(np.uint8)

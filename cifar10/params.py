@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from stages.errors import ParamError
+from cifar10.errors import ParamError
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -30,8 +30,8 @@ MIXED_PRECISION = ("none", "bfloat16", "float16")
 class DownloadParams:
     url: str  # http(s)://, file:// or a local path
     md5: str  # 32 hex digits; the download is refused if the file differs
-    timeout: float = 60.0  # seconds without data before a connection counts as failed
-    retries: int = 5  # extra attempts after a connection error or a 5xx answer
+    timeout: float  # seconds without data before a connection counts as failed
+    retries: int  # extra attempts after a connection error or a 5xx answer
 
     def __post_init__(self) -> None:
         _check(bool(self.url.strip()), "download.url", "must not be empty", self.url)
@@ -48,9 +48,9 @@ class DownloadParams:
 
 @dataclass(frozen=True)
 class NormalizeParams:
-    val_size: int = 5000  # images held out (stratified) from the 50,000 for validation; 0 = none
-    method: str = "global"  # global: one mean/std over all pixels (the tutorial); per_channel: one per RGB channel
-    eps: float = 1e-7  # added to std: (x - mean) / (std + eps)
+    val_size: int  # images held out (stratified) from the 50,000 for validation; 0 = none
+    method: str  # global: one mean/std over all pixels (the tutorial); per_channel: one per RGB channel
+    eps: float  # added to std: (x - mean) / (std + eps)
 
     def __post_init__(self) -> None:
         _check(self.val_size >= 0, "normalize.val_size", "must be a non-negative integer", self.val_size)
@@ -60,23 +60,23 @@ class NormalizeParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 125
-    batch_size: int = 64  # images per step
-    widths: tuple[int, ...] = (32, 64, 128)  # filters of each conv block
-    block_depth: int = 2  # conv layers per block
-    dropout: tuple[float, ...] = (0.2, 0.3, 0.4)  # after each block
-    activation: str = "elu"
-    weight_decay: float = 1e-4  # L2 factor on the conv kernels
-    rotation_deg: float = 15.0  # random rotation in [-rotation_deg, +rotation_deg] degrees
-    shift: float = 0.1  # random shift, fraction of width and height
-    flip: bool = True  # random horizontal flip
-    fill_mode: str = "nearest"  # how rotation and shift fill pixels from outside the image
-    optimizer: str = "rmsprop"
-    lr_boundaries: tuple[int, ...] = (75, 100)  # epochs completed after which the next value applies
-    lr_values: tuple[float, ...] = (1e-3, 5e-4, 3e-4)  # one more value than boundaries
-    lr_decay: float = 1e-6  # time decay per step: lr / (1 + lr_decay * step), as Keras 2's `decay`
-    deterministic: bool = False  # op determinism: identical metrics on a rerun on CPU (slower)
-    mixed_precision: str = "none"  # none | bfloat16 (CPUs with AVX-512 BF16/AMX, Ampere+ GPUs) | float16 (GPUs)
+    epochs: int
+    batch_size: int  # images per step
+    widths: tuple[int, ...]  # filters of each conv block
+    block_depth: int  # conv layers per block
+    dropout: tuple[float, ...]  # after each block
+    activation: str
+    weight_decay: float  # L2 factor on the conv kernels
+    rotation_deg: float  # random rotation in [-rotation_deg, +rotation_deg] degrees
+    shift: float  # random shift, fraction of width and height
+    flip: bool  # random horizontal flip
+    fill_mode: str  # how rotation and shift fill pixels from outside the image
+    optimizer: str
+    lr_boundaries: tuple[int, ...]  # epochs completed after which the next value applies
+    lr_values: tuple[float, ...]  # one more value than boundaries
+    lr_decay: float  # time decay per step: lr / (1 + lr_decay * step), as Keras 2's `decay`
+    deterministic: bool  # op determinism: identical metrics on a rerun on CPU (slower)
+    mixed_precision: str  # none | bfloat16 (CPUs with AVX-512 BF16/AMX, Ampere+ GPUs) | float16 (GPUs)
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", "must be a positive integer", self.epochs)
@@ -126,7 +126,7 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    batch_size: int = 500  # images per inference step; no effect on the result
+    batch_size: int  # images per inference step; no effect on the result
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "evaluate.batch_size", "must be a positive integer", self.batch_size)
@@ -184,17 +184,15 @@ def parse_section(cls: type[T], section: str, raw: Any) -> T:
     """Build the dataclass `cls` from the mapping `raw` found under `section` in params.yaml."""
     if not isinstance(raw, dict):
         raise ParamError(f"params.yaml section '{section}' must be a mapping, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ParamError(f"{section}.{unknown[0]} is not a known key (known: {', '.join(fields)})")
     hints = typing.get_type_hints(cls)
     values = {}
-    for name, field in fields.items():
-        if name not in raw:
-            if field.default is dataclasses.MISSING:
-                raise ParamError(f"{section}.{name} is missing from params.yaml")
-            continue
+    for name in fields:
+        if name not in raw:  # the defaults live in params.yaml alone
+            raise ParamError(f"{section}.{name} is missing from params.yaml")
         values[name] = _coerce(f"{section}.{name}", hints[name], raw[name])
     return cls(**values)
 
@@ -236,3 +234,14 @@ def load_section(raw: dict[str, Any], section: str) -> Any:
 def as_dict(params: Any) -> dict[str, Any]:
     """Return a dataclass of params as plain JSON-ready values (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()}
+
+
+def load_section_from(path: Path, section: str, **overrides: Any) -> Any:
+    """Return one section of the params file at `path` with some values replaced, all checked as usual.
+
+    For benchmarks and tests, which start from the committed recipe and change a few values.
+    """
+    raw = read_params_file(path)
+    if section not in raw or not isinstance(raw[section], dict):
+        raise ParamError(f"params.yaml has no '{section}' section")
+    return parse_section(SECTIONS[section], section, {**raw[section], **overrides})

@@ -7,23 +7,23 @@ dropout 0.2/0.3/0.4), then Flatten -> Dense(10, softmax): 309,290 parameters.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the stage logs
-
-import keras  # noqa: E402
-
-from stages.cifar import CLASS_NAMES, IMAGE_SHAPE  # noqa: E402
-from stages.normalize import Stats  # noqa: E402
-from stages.params import TrainParams  # noqa: E402
+from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
+from cifar10.framework import keras
+from cifar10.normalized import Stats
+from cifar10.params import TrainParams
+from cifar10.seeds import stream_seed
 
 # Keras dtype policy for each train.mixed_precision value: variables stay float32, compute goes low-precision.
 DTYPE_POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
-def build_seed_cnn(params: TrainParams, dtype: str | None = None, num_classes: int = len(CLASS_NAMES)) -> keras.Model:
+def build_seed_cnn(
+    params: TrainParams, seed: int, dtype: str | None = None, num_classes: int = len(CLASS_NAMES)
+) -> keras.Model:
     """Return the uncompiled CNN; it takes z-scored float images (N, 32, 32, 3) and returns class probabilities.
 
+    Each dropout layer draws from its own stream of `seed`; the weights' initial values come from
+    Keras' global seed (`keras.utils.set_random_seed`, set by the caller from the "init" stream).
     `dtype` is a Keras dtype policy ("float32", "mixed_bfloat16", ...); None uses the global policy.
     The softmax always runs in float32 so the loss stays accurate under mixed precision.
     """
@@ -43,7 +43,9 @@ def build_seed_cnn(params: TrainParams, dtype: str | None = None, num_classes: i
             x = layers.Activation(params.activation, dtype=dtype, name=f"block{block}_act{conv}")(x)
             x = layers.BatchNormalization(dtype=dtype, name=f"block{block}_bn{conv}")(x)
         x = layers.MaxPooling2D(2, dtype=dtype, name=f"block{block}_pool")(x)
-        x = layers.Dropout(rate, dtype=dtype, name=f"block{block}_dropout")(x)
+        # Keras takes an int32 seed; block k's layer draws from the dropout stream offset by k.
+        dropout_seed = (stream_seed(seed, "dropout") + block) % 2**31
+        x = layers.Dropout(rate, seed=dropout_seed, dtype=dtype, name=f"block{block}_dropout")(x)
     x = layers.Flatten(dtype=dtype, name="flatten")(x)
     x = layers.Dense(num_classes, dtype=dtype, name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-import numpy as np  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-
-from stages.cifar import CLASS_NAMES, IMAGE_SHAPE, load_test  # noqa: E402
-from stages.errors import StageError  # noqa: E402
-from stages.evaluate import load_model, predict_probabilities  # noqa: E402
+from cifar10.archive import load_test
+from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
+from cifar10.errors import StageError
 
 
 @dataclass(frozen=True)
@@ -112,11 +109,14 @@ def main(argv: list[str] | None = None) -> int:
             truths.extend(CLASS_NAMES[c] for c in test.labels[:n])
         if not images:
             return 1
-        model = load_model(args.model)
+        # Keras (and TensorFlow) load only now, so `--help` and argument errors answer at once.
+        from cifar10.classifier import load_classifier, predict_probabilities
+
+        model = load_classifier(args.model)
+        probabilities = predict_probabilities(model, np.stack(images), batch_size=256)
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    probabilities = predict_probabilities(model, np.stack(images), batch_size=256)
     for name, top, truth in zip(names, top_k(probabilities, args.top), truths):
         prediction = Prediction(name, top, truth)
         print(prediction.as_json() if args.json else prediction.as_line())

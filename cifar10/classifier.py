@@ -1,0 +1,52 @@
+"""The trained classifier's files (models/): written by train, read by evaluate and cifar10-predict.
+
+models/model.keras takes raw uint8 images (N, 32, 32, 3) and returns class probabilities; the
+normalization statistics are a layer inside it. Beside it: the tutorial's model.json +
+model.weights.h5, and meta.json (the resolved params, the statistics, the class names).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cifar10.atomic import atomic_dir, write_json
+from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
+from cifar10.errors import DataError
+from cifar10.framework import keras
+
+MODEL_FILE = "model.keras"
+
+
+def save_classifier(model: keras.Model, folder: Path, meta: dict) -> None:
+    """Replace `folder` with model.keras, the tutorial's model.json + model.weights.h5 and meta.json, atomically."""
+    with atomic_dir(folder) as tmp:
+        model.save(tmp / MODEL_FILE)
+        (tmp / "model.json").write_text(model.to_json(indent=2) + "\n")
+        model.save_weights(tmp / "model.weights.h5")
+        write_json(tmp / "meta.json", meta)
+
+
+def load_classifier(path: Path, num_classes: int = len(CLASS_NAMES)) -> keras.Model:
+    """Load a saved .keras model and check it takes (N, 32, 32, 3) images and returns `num_classes` scores."""
+    if not path.is_file():
+        raise DataError(f"model {path} not found; run the train stage (or `dvc pull models`) first")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a damaged or foreign file
+        raise DataError(f"{path} is not a loadable Keras model ({type(exc).__name__}: {exc})") from None
+    in_shape, out_shape = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
+    if in_shape != IMAGE_SHAPE:
+        raise DataError(f"{path} takes inputs of shape {in_shape}, but CIFAR-10 images are {IMAGE_SHAPE}")
+    if out_shape != (num_classes,):
+        raise DataError(f"{path} predicts {out_shape} outputs, but the data has {num_classes} classes")
+    return model
+
+
+def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Return class probabilities (N, classes) for raw uint8 RGB images (N, 32, 32, 3)."""
+    probabilities = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    if not np.all(np.isfinite(probabilities)):
+        raise DataError("the model's output holds NaN or infinity; its weights are damaged or it diverged")
+    return probabilities

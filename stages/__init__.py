@@ -1,1 +1,0 @@
-"""CIFAR-10 pipeline stages: download -> normalize -> train -> evaluate (see dvc.yaml)."""
