@@ -32,6 +32,8 @@ class DownloadParams:
     md5: str  # 32 hex digits; the download is refused if the file differs
     timeout: float  # seconds without data before a connection counts as failed
     retries: int  # extra attempts after a connection error or a 5xx answer
+    deadline: float  # seconds for the whole download, every attempt and wait included
+    max_bytes: int  # the largest body accepted, in bytes
 
     def __post_init__(self) -> None:
         _check(bool(self.url.strip()), "download.url", "must not be empty", self.url)
@@ -44,6 +46,8 @@ class DownloadParams:
         )
         _check(self.timeout > 0, "download.timeout", "must be a positive number of seconds", self.timeout)
         _check(self.retries >= 0, "download.retries", "must be a non-negative integer", self.retries)
+        _check(self.deadline > 0, "download.deadline", "must be a positive number of seconds", self.deadline)
+        _check(self.max_bytes > 0, "download.max_bytes", "must be a positive number of bytes", self.max_bytes)
 
 
 @dataclass(frozen=True)
