@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv repro test test-fast lint lock benchmark clean-venv
+.PHONY: venv repro test test-fast lint lock benchmark mutation clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test-fast: $(STAMP)  ## unit tests only, without the end-to-end dvc runs
 
 benchmark: $(STAMP)  ## images per second of the input pipeline and of training (see benchmarks/)
 	python benchmarks/throughput.py
+
+mutation: $(STAMP)  ## mutation testing of the library's core against the fast tests (slow: not part of CI)
+	rm -rf mutants
+	python -m mutmut run --max-children 2
+	python -m mutmut results
 
 lint: $(STAMP)  ## ruff (pinned in requirements.lock)
 	python -m ruff check cifar10 stages tests benchmarks

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar10.atomic import atomic_dir, write_json
+from cifar10.atomic import NO_SUCH_FILE, atomic_dir, non_regular_file_reason, write_json
 from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
 from cifar10.errors import DataError
 from cifar10.framework import keras
@@ -29,13 +29,21 @@ def save_classifier(model: keras.Model, folder: Path, meta: dict) -> None:
 
 
 def load_classifier(path: Path, num_classes: int = len(CLASS_NAMES)) -> keras.Model:
-    """Load a saved .keras model and check it takes (N, 32, 32, 3) images and returns `num_classes` scores."""
-    if not path.is_file():
+    """Return the saved .keras model at `path`, after checking it takes (N, 32, 32, 3) images and returns
+    `num_classes` scores.
+
+    Only a regular file is opened: a FIFO would block the loader forever and /dev/zero never ends.
+    """
+    reason = non_regular_file_reason(path)
+    if reason == NO_SUCH_FILE:
         raise DataError(f"model {path} not found; run the train stage (or `dvc pull models`) first")
+    if reason:
+        raise DataError(f"model {path} {reason}")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a damaged or foreign file
-        raise DataError(f"{path} is not a loadable Keras model ({type(exc).__name__}: {exc})") from None
+        detail = " ".join(str(exc).split())  # some of Keras' messages span lines; the error stays one line
+        raise DataError(f"{path} is not a loadable Keras model ({type(exc).__name__}: {detail})") from None
     in_shape, out_shape = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
     if in_shape != IMAGE_SHAPE:
         raise DataError(f"{path} takes inputs of shape {in_shape}, but CIFAR-10 images are {IMAGE_SHAPE}")

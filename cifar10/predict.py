@@ -3,25 +3,40 @@
     cifar10-predict cat.png truck.jpg            # top-3 classes, one line per image
     cifar10-predict --test-samples 16 --json     # the first 16 test images, as JSON lines
 
-The model (models/model.keras) takes raw uint8 images and normalizes them itself. A file that
-cannot be read as an image gets one line on stderr; the others are still classified, and the exit
-status is 1 if any failed.
+The model (models/model.keras) takes raw uint8 RGB images and normalizes them itself. Every input that
+cannot be used (a missing or broken file, a FIFO or a device, a decompression bomb, an image file over
+64 MiB or 50 Mpx, a test batch with no images) gets one `error: <input>: <reason>` line on stderr; the
+others are still classified, and the exit status is 1 if any failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from cifar10.archive import load_test
+from cifar10.atomic import non_regular_file_reason
 from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
 from cifar10.errors import StageError
+
+MAX_FILE_BYTES = 64 * 2**20  # larger image files are refused unread; a 50 Mpx camera JPEG is tens of MB at most
+# width x height. A few hundred bytes of PNG can declare 200 Mpx, and Pillow's own check only warns from 89 Mpx.
+# Measured peak memory of load_image at 49 Mpx: 0.42 GB (RGBA PNG), 0.46 GB (16-bit PNG), 0.85 GB (float TIFF).
+MAX_PIXELS = 50_000_000
+# Formats Pillow decodes by itself. Others are refused as unreadable: Pillow hands EPS to Ghostscript, and the
+# rarer decoders are attack surface that photos never need.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "TGA", "ICO")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")  # unsigned 16-bit greyscale, either byte order
 
 
 @dataclass(frozen=True)
@@ -41,20 +56,105 @@ class Prediction:
         return json.dumps(record)
 
 
-def load_image(path: Path) -> np.ndarray:
-    """Return the image at `path` as RGB uint8 (32, 32, 3), resized with antialiasing; StageError if unreadable."""
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """Return `image` as 8-bit RGB; StageError for pixel values whose scale is unknown.
+
+    High-bit-depth greyscale is rescaled by the range of its type, never clipped (a plain `convert("RGB")`
+    clips, turning a 16-bit photo white and a [0, 1] float image black):
+      I;16 (16-bit unsigned, either byte order): value >> 8, as Pillow itself reads 16-bit RGB(A) PNGs;
+      I (32-bit signed; Pillow's mode for 16-bit PGM/PPM, which it scales to 0..65535, and for 32-bit TIFF):
+        read as 16-bit, value >> 8, if every value is in 0..65535; otherwise refused;
+      F (32-bit float): round(255 * value) if every value is in [0, 1]; otherwise (NaN, infinity, or
+        any other range, whose meaning a file does not state) refused.
+    A 0..255 image stored as I is therefore read as a dark 16-bit one: the scale comes from the type, not
+    from guessing at the values. Every other mode goes through Pillow's `convert("RGB")` (alpha dropped).
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        grey = np.asarray(image) >> 8
+    elif image.mode == "I":
+        low, high = image.getextrema()
+        if low < 0 or high > 0xFFFF:
+            raise StageError(f"32-bit integer pixels from {low} to {high}; only 0..65535 (16 bits) has a known scale")
+        grey = np.asarray(image) >> 8
+    elif image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(pixels).all():
+            raise StageError("float pixels include NaN or infinity")
+        low, high = float(pixels.min()), float(pixels.max())
+        if low < 0 or high > 1:
+            raise StageError(f"float pixels from {low:g} to {high:g}; only [0, 1] has a known scale")
+        grey = pixels * 255  # in place from here: a 50 Mpx float image is 200 MB a copy
+        grey += 0.5
+        np.floor(grey, out=grey)  # round half up, to the nearer 8-bit value
+    else:
+        return image.convert("RGB")
+    return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+
+
+def _decode(file: BinaryIO) -> np.ndarray:
+    """Return the image in `file` as RGB uint8 (32, 32, 3); StageError with the reason if it is refused."""
+    over_limit = f"over the limit of {MAX_PIXELS:,} pixels (a possible decompression bomb)"
     try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-            if rgb.size != IMAGE_SHAPE[:2][::-1]:
-                rgb = rgb.resize(IMAGE_SHAPE[:2][::-1], Image.Resampling.LANCZOS)
-            return np.asarray(rgb, dtype=np.uint8)
-    except FileNotFoundError:
-        raise StageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise StageError(f"{path}: is a folder, not an image") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise StageError(f"{path}: not a readable image ({type(exc).__name__})") from None
+        with warnings.catch_warnings():
+            # Pillow warns from 89 Mpx and raises from 179 Mpx; a warning here is a refusal.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file, formats=IMAGE_FORMATS) as image:  # reads the header only
+                if image.width * image.height > MAX_PIXELS:
+                    raise StageError(f"{image.width} x {image.height} pixels, {over_limit}")
+                rgb = to_rgb8(image)
+                if rgb.size != IMAGE_SHAPE[:2][::-1]:
+                    rgb = rgb.resize(IMAGE_SHAPE[:2][::-1], Image.Resampling.LANCZOS)
+                return np.asarray(rgb, dtype=np.uint8)
+    except StageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise StageError(over_limit) from None
+    except Exception as exc:  # crafted files make Pillow's decoders raise almost any type
+        raise StageError(f"not a readable image ({type(exc).__name__})") from None
+
+
+def _read_image(path: Path) -> np.ndarray:
+    reason = non_regular_file_reason(path)
+    if reason:
+        raise StageError(reason)
+    # Stat, then open without blocking and check again what was opened: the path may have changed in between.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as file:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            raise StageError("is not a regular file")
+        if opened.st_size > MAX_FILE_BYTES:
+            raise StageError(f"{opened.st_size:,} bytes, over the {MAX_FILE_BYTES // 2**20} MiB limit for image files")
+        return _decode(file)
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Return the image at `path` as RGB uint8 (32, 32, 3), resized with antialiasing.
+
+    Raises StageError "<path>: <reason>" for anything else: a missing file, a folder, a FIFO, a device or a
+    socket (none of them opened), a file over MAX_FILE_BYTES, more than MAX_PIXELS pixels, a format outside
+    IMAGE_FORMATS, pixel values of unknown scale (see `to_rgb8`), or whatever a damaged file makes Pillow raise.
+    """
+    try:
+        return _read_image(path)
+    except StageError as exc:
+        raise StageError(f"{path}: {exc}") from None
+    except OSError as exc:  # from opening: permission denied, a file that vanished after the check
+        raise StageError(f"{path}: cannot be opened ({exc.strerror})") from None
+
+
+def load_test_samples(archive: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the first `count` images and labels of the archive's test batch (fewer if it holds fewer).
+
+    StageError if the archive is not a regular file or its test batch holds no images.
+    """
+    reason = non_regular_file_reason(archive)
+    if reason:
+        raise StageError(f"{archive}: {reason}")
+    test = load_test(archive)
+    if not len(test.labels):
+        raise StageError(f"{archive}: the test batch holds no images")
+    return test.images[:count], test.labels[:count]
 
 
 def top_k(probabilities: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
@@ -64,8 +164,17 @@ def top_k(probabilities: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Classify the inputs named in `argv`; print one line per image and one error line per failed input.
+
+    Returns the exit status: 0 if every input was classified, else 1.
+    """
     parser = argparse.ArgumentParser(prog="cifar10-predict", description=__doc__.splitlines()[0])
-    parser.add_argument("images", nargs="*", type=Path, help="image files (PNG, JPEG, ...; any size)")
+    parser.add_argument(
+        "images",
+        nargs="*",
+        type=Path,
+        help=f"image files ({', '.join(IMAGE_FORMATS)}; any size up to {MAX_PIXELS / 1e6:g} Mpx)",
+    )
     parser.add_argument(
         "--test-samples",
         type=int,
@@ -83,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
-    if not args.images and args.test_samples <= 0:
+    if args.test_samples < 0:
+        parser.error("--test-samples must be 0 or more")
+    if not args.images and args.test_samples == 0:
         parser.error("give image files or --test-samples N")
     if not 1 <= args.top <= len(CLASS_NAMES):
         parser.error(f"--top must be in 1..{len(CLASS_NAMES)}")
@@ -100,15 +211,19 @@ def main(argv: list[str] | None = None) -> int:
         except StageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failures += 1
+    if args.test_samples > 0:
+        try:
+            samples, labels = load_test_samples(args.archive, args.test_samples)
+        except StageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failures += 1
+        else:
+            images.extend(samples)
+            names.extend(f"test:{i}" for i in range(len(samples)))
+            truths.extend(CLASS_NAMES[c] for c in labels)
+    if not images:
+        return 1  # every input failed, each with its line above
     try:
-        if args.test_samples > 0:
-            test = load_test(args.archive)
-            n = min(args.test_samples, len(test.images))
-            images.extend(test.images[:n])
-            names.extend(f"test:{i}" for i in range(n))
-            truths.extend(CLASS_NAMES[c] for c in test.labels[:n])
-        if not images:
-            return 1
         # Keras (and TensorFlow) load only now, so `--help` and argument errors answer at once.
         from cifar10.classifier import load_classifier, predict_probabilities
 
@@ -124,7 +239,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    sys.exit(main())
+    """The console script: exit with main()'s status; Ctrl-C is one line and status 130, as in the stages."""
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        status = 130
+    sys.exit(status)
 
 
 if __name__ == "__main__":

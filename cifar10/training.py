@@ -43,22 +43,30 @@ def configure_runtime(params: TrainParams, seed: int) -> str:
 
 
 class EpochLog(keras.callbacks.Callback):
-    """Times each epoch's training part, stops at a non-finite loss, logs to DVCLive, saves a checkpoint."""
+    """Times each epoch's training part, checks it trained on `steps` real batches and reached a finite loss,
+    logs to DVCLive, saves a checkpoint."""
 
-    def __init__(self, live: Live | None, checkpoints: Path | None, run_fingerprint: str, resume: Resume) -> None:
+    def __init__(
+        self, live: Live | None, checkpoints: Path | None, run_fingerprint: str, resume: Resume, steps: int
+    ) -> None:
         super().__init__()
         self.live = live
+        self.steps = steps
         self.checkpoints = checkpoints
         self.run_fingerprint = run_fingerprint
         self.history: dict[str, list[float]] = {k: list(v) for k, v in resume.history.items()}
         self.epoch_seconds: list[float] = list(resume.epoch_seconds)
         self._start = 0.0
         self._train_end: float | None = None
+        self._batches = 0
         for epoch in range(resume.epochs_done):  # the resumed epochs' curves, so DVCLive's plots stay whole
             self._log({k: v[epoch] for k, v in self.history.items()}, self.epoch_seconds[epoch])
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._start, self._train_end = time.perf_counter(), None
+        self._start, self._train_end, self._batches = time.perf_counter(), None, 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._batches += 1
 
     def on_test_begin(self, logs: dict | None = None) -> None:
         if self._train_end is None:  # fit validates after the epoch's last training step
@@ -67,6 +75,13 @@ class EpochLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         end = self._train_end if self._train_end is not None else time.perf_counter()
         logs = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
+        if self._batches != self.steps:
+            # Keras only warns when the dataset runs dry ("Your input ran out of data") and logs a loss of 0.
+            self.model.stop_training = True
+            raise StageError(
+                f"epoch {epoch + 1} trained on {self._batches} of {self.steps} batches: the input pipeline ran out "
+                "of data (a bug in the resume position or the dataset length)"
+            )
         # A missing training loss counts as diverged; a missing val_loss just means no validation part.
         for name, value in (("loss", logs.get("loss", float("nan"))), ("val_loss", logs.get("val_loss", 0.0))):
             if not np.isfinite(value):
@@ -127,7 +142,7 @@ def train_model(
             loss=keras.losses.SparseCategoricalCrossentropy(),  # categorical cross-entropy on integer labels
             metrics=["accuracy"],
         )
-    epoch_log = EpochLog(live, checkpoints, run_fingerprint, resume)
+    epoch_log = EpochLog(live, checkpoints, run_fingerprint, resume, steps)
     if resume.epochs_done < params.epochs:
         core.fit(
             train_dataset(x_train, y_train, params, seed, start_epoch=resume.epochs_done),

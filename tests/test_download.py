@@ -57,11 +57,28 @@ def test_a_failed_run_keeps_the_previous_good_file(archive, tmp_path: Path):
     assert md5_of(dest) == md5
 
 
-def test_missing_sources_and_unknown_schemes(http_server, tmp_path: Path):
+def test_md5_in_upper_case_is_accepted_and_compared_without_case(archive, http_server, tmp_path: Path):
+    path, md5 = archive
+    base, root = http_server
+    shutil.copy(path, root / "cifar.tar.gz")
+    for url in (f"{base}/cifar.tar.gz", str(path)):
+        dest = tmp_path / "raw" / "cifar-10-python.tar.gz"
+        assert download_archive(download_params(url=url, md5=md5.upper()), dest) == md5
+        assert _leftovers(dest.parent) == ["cifar-10-python.tar.gz"]
+        dest.unlink()
+    # One digit off, in upper case: still refused, and the message gives both sums in lower case.
+    wrong = (md5[:-1] + ("0" if md5[-1] != "0" else "1")).upper()
+    with pytest.raises(DataError, match=f"expected {wrong.lower()}, got {md5}"):
+        download_archive(download_params(url=str(path), md5=wrong), tmp_path / "raw" / "cifar-10-python.tar.gz")
+    assert _leftovers(tmp_path / "raw") == []
+
+
+def test_missing_sources_and_unknown_schemes(http_server, tmp_path: Path, capsys):
     base, _ = http_server
     dest = tmp_path / "out.tar.gz"
-    with pytest.raises(StageError, match="HTTP 404"):
-        download_archive(download_params(url=f"{base}/nope.tar.gz", md5="0" * 32, retries=0), dest)
+    with pytest.raises(StageError, match=r"failed: HTTP 404 "):  # retries=3: a 404 is still not retried
+        download_archive(download_params(url=f"{base}/nope.tar.gz", md5="0" * 32, retries=3), dest, backoff_s=0.01)
+    assert "retrying" not in capsys.readouterr().out
     with pytest.raises(StageError, match="which is not a file"):
         download_archive(download_params(url=str(tmp_path / "nope.tar.gz"), md5="0" * 32), dest)
     with pytest.raises(StageError, match="unsupported scheme 'ftp'"):

@@ -59,3 +59,11 @@ def test_non_finite_model_output_is_refused():
     model = keras.Model(inputs, keras.layers.Dense(10)(nan))
     with pytest.raises(DataError, match="the model's output holds NaN or infinity"):
         predict_probabilities(model, np.zeros((2, 32, 32, 3), np.uint8), batch_size=2)
+
+
+def test_a_model_path_that_is_not_a_regular_file_is_called_that_not_missing(tmp_path: Path):
+    """Neither is opened (/dev/zero never ends) nor reported "not found"; a FIFO: tests/test_hostile_images.py."""
+    with pytest.raises(DataError, match=r"^model /dev/zero is a character device, not a regular file$"):
+        load_classifier(Path("/dev/zero"))
+    with pytest.raises(DataError, match=r"is a folder, not a regular file$"):
+        load_classifier(tmp_path)

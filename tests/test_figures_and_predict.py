@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar10.dataset import CLASS_NAMES
+from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
 from cifar10.figures import confident_mistakes, confusion_png, first_predictions_grid, mistakes_grid
 from cifar10.framework import keras
 from cifar10.model import build_inference_model, build_seed_cnn
 from cifar10.normalized import Stats, denormalize_images
 from cifar10.predict import load_image, top_k
 from cifar10.predict import main as predict_main
-from tests.conftest import ROOT, stage_env, train_params
+from tests.conftest import ROOT, stage_env, synthetic_batches, train_params, write_archive
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -157,3 +157,49 @@ def test_predict_loads_no_stage_no_plotting_and_answers_help_before_keras():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=stage_env(), cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+RED_CLASS, BLUE_CLASS = "truck", "ship"
+
+
+def _channel_order_model(path: Path) -> Path:
+    """Save a model whose answer is red minus blue: mean colour -> Dense(10) with hand-set weights -> softmax.
+
+    Red images score RED_CLASS, blue ones BLUE_CLASS; fed BGR instead of RGB, it swaps the two.
+    """
+    inputs = keras.Input(IMAGE_SHAPE, dtype="uint8")
+    mean_colour = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255, dtype="float32")(inputs))
+    dense = keras.layers.Dense(len(CLASS_NAMES))
+    model = keras.Model(inputs, keras.layers.Activation("softmax")(dense(mean_colour)))
+    kernel = np.zeros((3, len(CLASS_NAMES)), np.float32)  # rows: R, G, B
+    kernel[:, CLASS_NAMES.index(RED_CLASS)] = [10, 0, -10]
+    kernel[:, CLASS_NAMES.index(BLUE_CLASS)] = [-10, 0, 10]
+    dense.set_weights([kernel, np.zeros(len(CLASS_NAMES), np.float32)])
+    model.save(path)
+    return path
+
+
+def test_images_reach_the_model_in_rgb_order(tmp_path: Path, capsys):
+    """A pure red PNG and a pure blue JPEG, and red and blue test-batch images, each get their colour's class."""
+    model = _channel_order_model(tmp_path / "rgb.keras")
+    red, blue = tmp_path / "red.png", tmp_path / "blue.jpg"
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(red)
+    Image.new("RGB", (50, 50), (0, 0, 255)).save(blue, quality=95)
+    members = synthetic_batches()
+    planes = np.zeros((2, 3, 32 * 32), np.uint8)  # a batch row holds the R plane, then G, then B
+    planes[0, 0], planes[1, 2] = 255, 255  # image 0 red, image 1 blue
+    members["test_batch"].update(
+        {
+            b"data": planes.reshape(2, 3072),
+            b"labels": [CLASS_NAMES.index(RED_CLASS), CLASS_NAMES.index(BLUE_CLASS)],
+            b"filenames": [b"red.png", b"blue.png"],
+        }
+    )
+    archive = tmp_path / "colours.tar.gz"
+    write_archive(archive, members)
+    argv = [str(red), str(blue), "--test-samples", "2", "--archive", str(archive), "--model", str(model), "--json"]
+    assert predict_main(argv) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    best = {r["image"]: r["top"][0]["class"] for r in records}
+    assert best == {str(red): RED_CLASS, str(blue): BLUE_CLASS, "test:0": RED_CLASS, "test:1": BLUE_CLASS}
+    assert all(r["top"][0]["probability"] > 0.9 for r in records)

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from cifar10.archive import load_train
 from cifar10.errors import DataError
@@ -138,3 +141,53 @@ def test_hand_edited_stats_are_refused(tmp_path: Path, content, message):
     with pytest.raises(DataError) as info:
         read_stats(path)
     assert message in str(info.value)
+
+
+def test_split_gives_the_leftover_to_the_largest_remainders():
+    # 6, 3 and 1 images; 4 held out: exact shares 2.4, 1.2, 0.4 -> floors 2, 1, 0 and one left over,
+    # which goes to the class with the largest remainder (0.4, the third), not to the largest class.
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
+    _, val = stratified_split(labels, 4, seed=0)
+    assert np.bincount(labels[val], minlength=3).tolist() == [2, 1, 1]
+    # 5, 3, 2 of 10, 3 held out: 1.5, 0.9, 0.6 -> floors 1, 0, 0, two left over: to remainders 0.9 and 0.6.
+    labels = np.array([0] * 5 + [1] * 3 + [2] * 2)
+    _, val = stratified_split(labels, 3, seed=0)
+    assert np.bincount(labels[val], minlength=3).tolist() == [1, 1, 1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    counts=st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=10),
+    fraction=st.floats(min_value=0.0, max_value=1.0),
+    seed=st.integers(min_value=0, max_value=2**31 - 1),
+)
+def test_split_is_exact_disjoint_and_stratified_for_any_labels(counts, fraction, seed):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    np.random.default_rng(seed).shuffle(labels)
+    val_size = min(int(fraction * len(labels)), len(labels) - 1)
+    train, val = stratified_split(labels, val_size, seed)
+    assert len(val) == val_size and len(train) + len(val) == len(labels)
+    assert not set(train.tolist()) & set(val.tolist())
+    assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(len(labels)))
+    exact = val_size * np.asarray(counts) / len(labels)
+    taken = np.bincount(labels[val], minlength=len(counts))
+    assert np.all(np.abs(taken - exact) < 1)  # each class within one image of its share
+    # Whoever got the extra image had a remainder at least as large as whoever did not.
+    remainders = exact - np.floor(exact)
+    got_extra = taken > np.floor(exact)
+    if got_extra.any() and (~got_extra).any():
+        assert remainders[got_extra].min() >= remainders[~got_extra].max() - 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    # Small images: the arithmetic is per pixel, so 2x2 tells as much as 32x32 and shrinks well.
+    images=hnp.arrays(np.uint8, st.tuples(st.integers(1, 4), st.just(2), st.just(2), st.just(3))),
+    per_channel=st.booleans(),
+)
+def test_normalization_round_trips_for_any_images(images, per_channel):
+    axes = (0, 1, 2) if per_channel else None
+    if np.any(images.std(axis=axes) == 0):
+        return  # no spread to divide by; compute_stats refuses such images (tested above)
+    stats = compute_stats(images, "per_channel" if per_channel else "global", 1e-7)
+    assert np.array_equal(denormalize_images(normalize_images(images, stats), stats), images)

@@ -7,6 +7,7 @@ import pytest
 
 from cifar10.archive import load_test, load_train
 from cifar10.errors import StageError
+from cifar10.input_pipeline import train_dataset
 from cifar10.normalized import normalize_images
 from cifar10.preprocessing import compute_stats
 from cifar10.training import configure_runtime, summarize, train_model
@@ -39,6 +40,7 @@ def test_training_logs_every_epoch_and_returns_a_uint8_model(tiny_data):
     result, params = _train(tiny_data, epochs=3)
     assert set(result.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert len(result.history["loss"]) == 3 and len(result.epoch_seconds) == 3
+    assert all(loss > 0.1 for loss in result.history["loss"])  # every epoch trained on real data (no 0.0 loss)
     assert result.history["loss"][-1] < result.history["loss"][0]  # it learns the class colours
     _, _, test = tiny_data
     probabilities = result.model.predict(test.images, verbose=0)
@@ -80,3 +82,31 @@ def test_training_without_a_validation_part_checkpoints_and_reports_no_validatio
     assert (tmp_path / "checkpoints" / "state.json").is_file()  # the fingerprint hashed the empty array
     summary = summarize(result, params, "CPU", 1.0)
     assert summary["val_accuracy"] is None and summary["val_loss"] is None
+
+
+def test_validation_metrics_come_from_the_validation_arrays(tiny_data):
+    arrays, stats, _ = tiny_data
+    # Wrong labels on purpose: a model scored on them gets an accuracy it could not get on the training part.
+    wrong = {**arrays, "y_val": (arrays["y_val"] + 1) % 10}
+    params = train_params(**{**TINY, "epochs": 2})
+    configure_runtime(params, seed=5)
+    result = train_model(wrong, stats, params, seed=5)
+
+    def accuracy(x: np.ndarray, y: np.ndarray) -> float:
+        raw = np.clip(np.rint(x * (stats.std[0] + stats.eps) + stats.mean[0]), 0, 255).astype(np.uint8)
+        return float((result.model.predict(raw, verbose=0).argmax(axis=1) == y).mean())
+
+    on_val, on_train = accuracy(wrong["x_val"], wrong["y_val"]), accuracy(arrays["x_train"], arrays["y_train"])
+    assert on_val != pytest.approx(on_train)  # the check below can tell the two parts apart
+    assert result.history["val_accuracy"][-1] == pytest.approx(on_val, abs=1e-6)
+
+
+def test_an_epoch_without_its_batches_stops_training(tiny_data, monkeypatch):
+    # The planted bug: resuming the input one epoch ahead, so the last epoch finds the dataset empty; Keras only
+    # warns and logs a loss of 0.0.
+    def one_epoch_ahead(images, labels, params, seed, start_epoch=0):
+        return train_dataset(images, labels, params, seed, start_epoch=start_epoch + 1)
+
+    monkeypatch.setattr("cifar10.training.train_dataset", one_epoch_ahead)
+    with pytest.raises(StageError, match=r"epoch 2 trained on 0 of 5 batches: the input pipeline ran out of data"):
+        _train(tiny_data, epochs=2)
