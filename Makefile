@@ -19,14 +19,14 @@ venv: $(STAMP)
 repro: $(STAMP)  ## download -> normalize -> train -> evaluate with params.yaml
 	dvc repro
 
-test: $(STAMP)  ## the whole suite, offline
-	python -m pytest
+test: $(STAMP)  ## the whole suite, offline, one worker per core (the end-to-end runs are mostly one-threaded)
+	python -m pytest -n auto --dist worksteal
 
 test-fast: $(STAMP)  ## unit tests only, without the end-to-end dvc runs
 	python -m pytest -m "not slow"
 
-benchmark: $(STAMP)  ## images per second of the input pipeline and of training (see benchmarks/)
-	python benchmarks/throughput.py
+benchmark: $(STAMP)  ## the train stage against the tutorial's own script, same data, arms alternated
+	python benchmarks/compare_tutorial.py
 
 mutation: $(STAMP)  ## mutation testing of the library's core against the fast tests (slow: not part of CI)
 	rm -rf mutants

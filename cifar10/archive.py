@@ -138,7 +138,8 @@ _ALLOWED_OPCODES = frozenset(
         *("STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8"),
         *("UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"),
         *("EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_LIST", "LIST", "APPEND", "APPENDS"),
-        *("EMPTY_DICT", "DICT", "SETITEM", "SETITEMS", "EMPTY_SET", "ADDITEMS", "FROZENSET"),
+        # No sets: the batches hold none, and a set item is hashed like a dict key (see _scalar_keys).
+        *("EMPTY_DICT", "DICT", "SETITEM", "SETITEMS"),
         *("GET", "BINGET", "LONG_BINGET", "PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"),
         *("GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD", "PROTO", "FRAME"),
     }
@@ -167,6 +168,33 @@ def _counted(handler: Callable[[Any], None]) -> Callable[[Any], None]:
         handler(unpickler)
 
     return run_counted
+
+
+_SCALAR_KEYS = (bytes, str, int, bool, float, type(None))
+
+
+def _scalar_keys(handler: Callable[[Any], None], keys: Callable[[list], list]) -> Callable[[Any], None]:
+    """Return `handler` (a dict-building opcode) behind a check that the keys it stores are scalars.
+
+    Hashing a key recurses in C through nested tuples: a tuple nested 900,000 deep, built by one opcode per
+    level and used as a key, crashes the process with SIGSEGV. The batches' keys are bytes.
+    """
+
+    def run_checked(unpickler: _BatchUnpickler) -> None:
+        for key in keys(unpickler.stack):
+            if type(key) not in _SCALAR_KEYS:
+                raise pickle.UnpicklingError(f"refused a dict key of type {type(key).__name__}")
+        handler(unpickler)
+
+    return run_checked
+
+
+def _keys_since_mark(stack: list) -> list:
+    return stack[0::2]  # DICT and SETITEMS: the stack holds key, value, key, value... since the mark
+
+
+def _last_key(stack: list) -> list:
+    return stack[-2:-1]  # SETITEM: the stack ends with key, value
 
 
 def _load_reduce(unpickler: _BatchUnpickler) -> None:
@@ -204,6 +232,13 @@ class _BatchUnpickler(pickle._Unpickler):
             code: _counted(pickle._Unpickler.dispatch[code])
             for code, name in _OPCODE_NAMES.items()
             if name in _ALLOWED_OPCODES
+        }
+    )
+    dispatch.update(
+        {
+            pickle.DICT[0]: _scalar_keys(dispatch[pickle.DICT[0]], _keys_since_mark),
+            pickle.SETITEMS[0]: _scalar_keys(dispatch[pickle.SETITEMS[0]], _keys_since_mark),
+            pickle.SETITEM[0]: _scalar_keys(dispatch[pickle.SETITEM[0]], _last_key),
         }
     )
     dispatch[pickle.REDUCE[0]] = _counted(_load_reduce)
@@ -525,7 +560,8 @@ def _pax_records(data: bytes, stream: _TarStream) -> dict[str, str]:
     while position < len(data) and data[position]:  # NULs may pad the end
         space = data.find(b" ", position)
         length_text = data[position:space]
-        if space < 0 or not length_text.isdigit():
+        # At most 20 ASCII digits: int() refuses over 4,300 digits with a ValueError (a traceback).
+        if space < 0 or not re.fullmatch(rb"[0-9]{1,20}", length_text):
             raise DataError(f"{stream.path} is truncated or corrupt (a malformed pax header)")
         record = data[position : position + int(length_text)]
         key, equals, value = record[len(length_text) + 1 :].partition(b"=")
@@ -582,7 +618,7 @@ def _read_tar(stream: _TarStream, wanted: set[str]) -> dict[str, bytes]:
         name = pax.get("path", long_name if long_name is not None else header.name)
         size = header.size
         if "size" in pax:
-            if not pax["size"].isdigit():
+            if not re.fullmatch(r"[0-9]{1,20}", pax["size"], re.ASCII):  # str.isdigit() takes "²" too
                 raise DataError(f"{stream.path} is truncated or corrupt (a pax size of {_shown(pax['size'])})")
             size = int(pax["size"])
         long_name, pax = None, {}

@@ -3,7 +3,7 @@
 A checkpoint is the compiled training model saved as .keras (weights, optimizer slots and step
 counter, hence the learning-rate schedule position) plus state.json: the epochs done, their logs
 and timings, the dropout layers' seed-generator states (Keras' loader resets them to 0, so they are
-stored apart), and a fingerprint of the train params and the input data.
+stored apart), and a fingerprint of the train params, the seed, the input data and the code.
 The input pipeline's randomness is keyed by (seed, epoch) and (seed, step), so it needs no state.
 """
 
@@ -18,23 +18,40 @@ import numpy as np
 
 import cifar10.model  # noqa: F401  (registers the learning-rate schedule that a checkpoint's optimizer names)
 from cifar10.atomic import atomic_dir, write_json
-from cifar10.framework import keras
+from cifar10.framework import keras, tf
 from cifar10.normalized import Stats
 from cifar10.params import TrainParams, as_dict
 
 MODEL_FILE = "train_state.keras"
 STATE_FILE = "state.json"
+CHANGED = "train params, seed, input data or code changed since the checkpoint, starting fresh"
+LIBRARY = Path(__file__).resolve().parent  # cifar10/: the code a training run executes
+
+
+def code_digest(library: Path | None = None) -> str:
+    """Return a hash of the library's source files and the Keras and TensorFlow versions.
+
+    An edit anywhere in cifar10/ makes DVC rerun train only if train depends on the file, and then a
+    checkpoint written by the old code must not be resumed as if nothing changed (a finished one would be
+    exported as the new code's model). Hashing the whole package errs on the side of starting fresh.
+    """
+    digest = hashlib.sha256(f"keras {keras.__version__} tensorflow {getattr(tf, '__version__', None)}".encode())
+    for path in sorted((library or LIBRARY).glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def fingerprint(params: TrainParams, seed: int, arrays: dict[str, np.ndarray], stats: Stats) -> str:
-    """Return a hash of everything that shapes the training run except the number of epochs.
+    """Return a hash of everything that shapes the training run except the number of epochs: params, seed,
+    statistics, arrays and code (`code_digest`).
 
     Leaving `epochs` out lets a finished run be extended (3 -> 10 epochs) from its checkpoint:
     nothing in the run depends on the total, so the result equals a straight 10-epoch run.
     """
     digest = hashlib.sha256()
     settings = {k: v for k, v in as_dict(params).items() if k != "epochs"}
-    digest.update(json.dumps({"seed": seed, "train": settings, "stats": stats.to_json()}, sort_keys=True).encode())
+    run = {"seed": seed, "train": settings, "stats": stats.to_json(), "code": code_digest()}
+    digest.update(json.dumps(run, sort_keys=True).encode())
     for name in sorted(arrays):
         array = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}{array.dtype}{array.shape}".encode())
@@ -79,10 +96,16 @@ def load_checkpoint(folder: Path, run_fingerprint: str, epochs: int) -> Resume:
     try:
         state = json.loads(state_path.read_text())
         done = int(state["epochs_done"])
-    except (ValueError, KeyError, TypeError) as exc:
+        history, seconds = state["history"], state["epoch_seconds"]
+        # What the resumed run replays into its logs: one value per finished epoch, or the file is damaged.
+        if not (isinstance(seconds, list) and len(seconds) == done and isinstance(history, dict)) or any(
+            not isinstance(values, list) or len(values) != done for values in history.values()
+        ):
+            raise ValueError(f"history and timings do not cover the {done} epochs done")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return Resume(None, reason=f"checkpoint unreadable ({exc!r}), starting fresh")
     if state.get("fingerprint") != run_fingerprint:
-        return Resume(None, reason="train params, seed or input data changed since the checkpoint, starting fresh")
+        return Resume(None, reason=CHANGED)
     if done > epochs:
         return Resume(None, reason=f"checkpoint is at epoch {done}, past train.epochs={epochs}, starting fresh")
     try:
@@ -94,4 +117,4 @@ def load_checkpoint(folder: Path, run_fingerprint: str, epochs: int) -> Resume:
             variable.assign(np.asarray(value, dtype=variable.dtype))
     except Exception as exc:  # a damaged file must not stop training, only the resume
         return Resume(None, reason=f"checkpoint model unreadable ({type(exc).__name__}), starting fresh")
-    return Resume(model, done, state["history"], state["epoch_seconds"], f"resuming after epoch {done} of {epochs}")
+    return Resume(model, done, history, seconds, f"resuming after epoch {done} of {epochs}")

@@ -73,8 +73,12 @@ def copy_local(source: Path, dest: Path, max_bytes: int) -> None:
     size = source.stat().st_size
     if size > max_bytes:
         raise StageError(f"{source} holds {size} bytes, more than download.max_bytes ({max_bytes})")
+    copied = 0
     with source.open("rb") as src, dest.open("wb") as out, _progress(size, 0, source.name) as bar:
         for block in iter(lambda: src.read(CHUNK), b""):
+            copied += len(block)
+            if copied > max_bytes:  # a file still growing (a log, a pipe-like mount) past its stat() size
+                raise StageError(f"{source} grew past download.max_bytes ({max_bytes}) while being copied")
             out.write(block)
             bar.update(len(block))
 
@@ -145,7 +149,9 @@ def _url_problem(url: str) -> str | None:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 (raises ValueError for a port that is not a number in 0-65535)
     except ValueError as exc:
-        return f"it is malformed ({exc})"
+        # The exception may quote the URL's pieces (a port "ab" that is half a token): keep only its kind.
+        reason = "an invalid port" if "Port" in str(exc) else "Invalid IPv6 URL" if "IPv6" in str(exc) else "bad syntax"
+        return f"it is malformed ({reason})"
     if parts.scheme not in FETCHED_SCHEMES:
         return "only http:// and https:// are fetched"
     if not parts.hostname:
@@ -326,6 +332,8 @@ def _write_body(
             except _NETWORK_ERRORS as exc:
                 raise _network_failure(exc) from None
             if not block:
+                if watch.passed():  # the timer shut the socket: a cut body, not the end of one without a length
+                    raise _Transient("download.deadline passed")
                 return size
             over_cap = size + len(block) > params.max_bytes
             if not over_cap:

@@ -55,9 +55,13 @@ def first_predictions_grid(
     labelled_grid(images[:n], titles, colours, 4, path, f"First {n} test images: true -> predicted")
 
 
-def confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, per_class: int) -> list[np.ndarray]:
-    """For each class, the indices of its images the model got wrong, most confident mistake first."""
-    predicted = probabilities.argmax(axis=1)
+def confident_mistakes(
+    probabilities: np.ndarray, predicted: np.ndarray, labels: np.ndarray, per_class: int
+) -> list[np.ndarray]:
+    """For each class, the indices of its images the model got wrong, most confident mistake first.
+
+    `predicted` is the argmax of `probabilities`, computed once by the caller.
+    """
     confidence = probabilities.max(axis=1)
     rows = []
     for c in range(probabilities.shape[1]):
@@ -69,13 +73,14 @@ def confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, per_class:
 def mistakes_grid(
     images: np.ndarray,
     probabilities: np.ndarray,
+    predicted: np.ndarray,
     labels: np.ndarray,
     class_names: tuple[str, ...],
     path: Path,
     per_class: int = 8,
 ) -> None:
     """A row per true class: its most confident mistakes, titled with the predicted class and probability."""
-    rows = confident_mistakes(probabilities, labels, per_class)
+    rows = confident_mistakes(probabilities, predicted, labels, per_class)
     fig, axes = plt.subplots(
         len(class_names), per_class, figsize=(1.5 * per_class, 1.6 * len(class_names)), squeeze=False
     )
@@ -91,7 +96,7 @@ def mistakes_grid(
             if k < len(row):
                 i = row[k]
                 ax.imshow(images[i], interpolation="nearest")
-                ax.set_title(f"{class_names[probabilities[i].argmax()]} {probabilities[i].max():.2f}", fontsize=7)
+                ax.set_title(f"{class_names[predicted[i]]} {probabilities[i, predicted[i]]:.2f}", fontsize=7)
     fig.suptitle("Most confident mistakes per true class (title: predicted class, probability)", fontsize=10)
     _save(fig, path)
 

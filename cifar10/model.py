@@ -43,8 +43,7 @@ def build_seed_cnn(
             x = layers.Activation(params.activation, dtype=dtype, name=f"block{block}_act{conv}")(x)
             x = layers.BatchNormalization(dtype=dtype, name=f"block{block}_bn{conv}")(x)
         x = layers.MaxPooling2D(2, dtype=dtype, name=f"block{block}_pool")(x)
-        # Keras takes an int32 seed; block k's layer draws from the dropout stream offset by k.
-        dropout_seed = (stream_seed(seed, "dropout") + block) % 2**31
+        dropout_seed = stream_seed(seed, "dropout", block) % 2**31  # Keras takes a 32-bit seed
         x = layers.Dropout(rate, seed=dropout_seed, dtype=dtype, name=f"block{block}_dropout")(x)
     x = layers.Flatten(dtype=dtype, name="flatten")(x)
     x = layers.Dense(num_classes, dtype=dtype, name="logits")(x)

@@ -94,7 +94,7 @@ def _check(ok: bool, key: str, rule: str, value: Any) -> None:
 
 
 # `user:password@` in a URL: never shown in a message (download.url may carry a token for a private mirror).
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@")
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*:)?//.*@")  # to the last @: a token may hold / or ?
 
 
 def redact_credentials(url: str) -> str:

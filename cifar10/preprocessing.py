@@ -49,9 +49,10 @@ def split_and_normalize(
     The split draws from the seed's "split" stream; the statistics come from the training part only.
     """
     train_idx, val_idx = stratified_split(labels, params.val_size, stream_seed(seed, "split"))
-    stats = compute_stats(images[train_idx], params.method, params.eps)
+    train_images = images[train_idx]  # one gather: 138 MB of uint8 for 45,000 images
+    stats = compute_stats(train_images, params.method, params.eps)
     arrays = {
-        "x_train": normalize_images(images[train_idx], stats),
+        "x_train": normalize_images(train_images, stats),
         "y_train": labels[train_idx],
         "x_val": normalize_images(images[val_idx], stats),
         "y_val": labels[val_idx],

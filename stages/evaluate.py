@@ -47,7 +47,7 @@ def main() -> None:
     with atomic_dir(args.figures) as tmp:
         confusion_png(counts, CLASS_NAMES, tmp / "confusion.png", scores["accuracy"])
         first_predictions_grid(test.images, test.labels, predicted, CLASS_NAMES, tmp / "first_predictions.png")
-        mistakes_grid(test.images, probabilities, test.labels, CLASS_NAMES, tmp / "mistakes.png")
+        mistakes_grid(test.images, probabilities, predicted, test.labels, CLASS_NAMES, tmp / "mistakes.png")
     write_predictions(args.predictions, test.labels, predicted, CLASS_NAMES)
     write_json(args.metrics, scores)
     print(

@@ -125,6 +125,8 @@ def stage_env() -> dict[str, str]:
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     env["DVC_NO_ANALYTICS"] = "1"
     env.pop("PYTHONPATH", None)
+    # Under `make mutation`, a subprocess runs the unmutated code: mutmut's trampolines work in-process only.
+    env.pop("MUTANT_UNDER_TEST", None)
     return env
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
 
+import cifar10.checkpoint as checkpoint
 from cifar10.checkpoint import fingerprint
 from cifar10.normalized import Stats
 from cifar10.params import TrainParams
@@ -59,3 +61,14 @@ def test_seed_stats_and_every_array_change_the_fingerprint_but_epochs_do_not():
         assert fingerprint(params, 42, changed, BASE_STATS) != base, name
     empty_val = {**arrays, "x_val": arrays["x_val"][:0], "y_val": arrays["y_val"][:0]}
     assert fingerprint(params, 42, empty_val, BASE_STATS) != base
+
+
+def test_an_edit_to_the_library_changes_the_fingerprint(tmp_path, monkeypatch):
+    copy = tmp_path / "cifar10"
+    shutil.copytree(checkpoint.LIBRARY, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert checkpoint.code_digest(copy) == checkpoint.code_digest()
+    params, arrays = train_params(), _arrays()
+    base = fingerprint(params, 42, arrays, BASE_STATS)
+    (copy / "input_pipeline.py").write_text((copy / "input_pipeline.py").read_text() + "\n# an edit\n")
+    monkeypatch.setattr(checkpoint, "LIBRARY", copy)
+    assert fingerprint(params, 42, arrays, BASE_STATS) != base

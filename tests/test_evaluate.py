@@ -9,7 +9,7 @@ import pytest
 
 from cifar10.classifier import load_classifier, predict_probabilities
 from cifar10.errors import DataError
-from cifar10.evaluation import confusion_matrix, score_predictions
+from cifar10.evaluation import LOSS_FLOOR, confusion_matrix, score_predictions, write_predictions
 from cifar10.framework import keras
 
 NAMES = ("a", "b", "c")
@@ -67,3 +67,41 @@ def test_a_model_path_that_is_not_a_regular_file_is_called_that_not_missing(tmp_
         load_classifier(Path("/dev/zero"))
     with pytest.raises(DataError, match=r"is a folder, not a regular file$"):
         load_classifier(tmp_path)
+
+
+def test_scores_with_an_empty_class_a_certain_mistake_and_rounding():
+    # Class c is never true and never predicted; one image puts probability 0 on its true class.
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probabilities = np.array(
+        [
+            [1.0, 0.0, 0.0],  # a, right
+            [0.9, 0.1, 0.0],  # a, right
+            [0.0, 1.0, 0.0],  # a -> b with certainty: its log is clipped at LOSS_FLOOR, not infinite
+            [0.2, 0.8, 0.0],  # b, right
+            [0.3, 0.7, 0.0],  # b, right
+            [0.4, 0.6, 0.0],  # b, right
+        ]
+    )
+    predicted = probabilities.argmax(axis=1)
+    counts = confusion_matrix(labels, predicted, 3)
+    assert counts.shape == (3, 3) and counts[2].sum() == 0 and counts[:, 2].sum() == 0
+    scores = score_predictions(probabilities, labels, counts, NAMES)
+    assert scores["count"] == 6 and scores["accuracy"] == pytest.approx(5 / 6)
+    assert scores["recall"] == {"a": 0.6667, "b": 1.0, "c": 0.0}  # rounded to 4 digits, 0 for an empty class
+    assert scores["precision"] == {"a": 1.0, "b": 0.75, "c": 0.0}
+    picked = np.array([1.0, 0.9, LOSS_FLOOR, 0.8, 0.7, 0.6])
+    assert scores["loss"] == pytest.approx(-np.log(picked).mean(), rel=1e-12)
+    assert np.isfinite(scores["loss"])
+
+
+def test_the_confusion_matrix_is_square_even_when_the_last_classes_never_appear():
+    counts = confusion_matrix(np.array([0, 1, 0]), np.array([1, 1, 0]), 10)
+    assert counts.shape == (10, 10) and counts.sum() == 3
+    assert counts[0, 1] == 1 and counts[1, 1] == 1 and counts[0, 0] == 1
+
+
+def test_predictions_file_has_one_row_per_image_with_class_names(tmp_path: Path):
+    path = tmp_path / "predictions.csv"
+    write_predictions(path, np.array([0, 2, 1]), np.array([0, 1, 1]), NAMES)
+    assert path.read_text().splitlines() == ["actual,predicted", "a,a", "c,b", "b,b"]
+    assert [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]  # no temporary sibling left

@@ -33,7 +33,9 @@ def test_grids_and_confusion_png(tmp_path: Path):
     labels = np.arange(40) % 10
     probabilities = rng.dirichlet(np.ones(10), size=40)
     first_predictions_grid(images, labels, probabilities.argmax(1), CLASS_NAMES, tmp_path / "first.png")
-    mistakes_grid(images, probabilities, labels, CLASS_NAMES, tmp_path / "mistakes.png", per_class=4)
+    mistakes_grid(
+        images, probabilities, probabilities.argmax(1), labels, CLASS_NAMES, tmp_path / "mistakes.png", per_class=4
+    )
     counts = np.bincount(labels * 10 + probabilities.argmax(1), minlength=100).reshape(10, 10)
     confusion_png(counts, CLASS_NAMES, tmp_path / "confusion.png", 0.1)
     w_first, h_first = _png_size(tmp_path / "first.png")
@@ -55,7 +57,7 @@ def test_confident_mistakes_are_wrong_and_sorted():
             [0.2, 0.8],  # class 1: one mistake
         ]
     )
-    rows = confident_mistakes(probabilities, labels, per_class=5)
+    rows = confident_mistakes(probabilities, probabilities.argmax(axis=1), labels, per_class=5)
     assert rows[0].tolist() == [0, 1] and rows[1].tolist() == [3]
 
 

@@ -723,3 +723,26 @@ def test_an_archive_that_is_not_a_regular_file_is_refused_without_blocking(tmp_p
             read_archive(path)
     with pytest.raises(DataError, match="is a character device, not a regular file"):
         read_archive(Path("/dev/zero"))
+
+
+@pytest.mark.parametrize("container", ["dict key by SETITEM", "dict key by DICT", "frozenset"])
+def test_a_deeply_nested_key_is_refused_instead_of_crashing_the_hash(tmp_path: Path, container: str):
+    # A tuple nested 900,000 deep costs one opcode per level; hashing it as a key recursed in C into SIGSEGV.
+    deep = b"N" + b"\x85" * 900_000  # NONE, then TUPLE1 around it 900,000 times
+    payload = {
+        "dict key by SETITEM": b"\x80\x02}" + deep + b"Ns.",  # EMPTY_DICT, key, value, SETITEM
+        "dict key by DICT": b"\x80\x02(" + deep + b"Nd.",  # MARK, key, value, DICT
+        "frozenset": b"\x80\x02(" + deep + b"\x91.",  # MARK, item, FROZENSET
+    }[container]
+    line, _ = refusal_in_subprocess(archive_with(tmp_path / "deep.tar.gz", "data_batch_1", payload))
+    expected = "refused a dict key of type tuple" if container != "frozenset" else "refused pickle opcode FROZENSET"
+    assert line == f"error: data_batch_1 is not a CIFAR-10 batch pickle: {expected}"
+
+
+@pytest.mark.parametrize("size", ["²", "9" * 5000])
+def test_a_pax_size_that_is_not_a_plain_number_is_one_line(tmp_path: Path, size: str):
+    # "²" passes str.isdigit() and int() refuses it; 5,000 digits pass both checks and int() refuses them too.
+    path = tmp_path / "pax-size.tar.gz"
+    path.write_bytes(gzip.compress(pax_tar([("cifar-10-batches-py/notes.txt", {"size": size}, b"abc")])))
+    with pytest.raises(DataError, match=r"is truncated or corrupt \(a pax size of"):
+        read_archive(path)

@@ -289,15 +289,17 @@ def test_timeouts_throttling_and_server_errors_are_retried(serve, archive, tmp_p
         ("{base}/a b.tar.gz", "it holds a space, a control character or a non-ASCII character"),
         ("{base}/caf\u00e9.tar.gz", "it holds a space, a control character or a non-ASCII character"),
         ("http://[::1/c.tar.gz", "Invalid IPv6 URL"),
-        ("http://127.0.0.1:99999/c.tar.gz", "Port out of range"),
+        ("http://127.0.0.1:99999/c.tar.gz", "it is malformed (an invalid port)"),
+        ("https://bob:ab/c+d==@mirror.org/x", "it is malformed (an invalid port)"),  # the token is not echoed
         ("http:///c.tar.gz", "it names no host"),
     ],
-    ids=["space", "non_ascii", "unclosed_ipv6", "bad_port", "no_host"],
+    ids=["space", "non_ascii", "unclosed_ipv6", "bad_port", "token_with_slash", "no_host"],
 )
 def test_malformed_urls_fail_before_any_request(serve, tmp_path: Path, capsys, url: str, why: str):
     base, requests = serve(lambda handler: handler.send(404))
     message = _fail(url.format(base=base), tmp_path)
     assert why in message and message.startswith("download.url ")
+    assert "ab/c+d" not in message  # a token holding "/" is redacted too, and not echoed by the URL parser
     assert requests == []
     assert "retrying" not in capsys.readouterr().out
 

@@ -137,8 +137,13 @@ def test_shift_moves_content_by_the_drawn_fraction_of_the_size():
 
 
 def test_random_streams_are_independent_of_each_other_and_of_the_seed():
-    keys = {(seed, name): stream_seed(seed, name) for seed in (42, 43) for name in STREAMS}
+    keys = {(seed, name, None): stream_seed(seed, name) for seed in (42, 43) for name in STREAMS}
+    keys |= {(seed, "dropout", k): stream_seed(seed, "dropout", k) for seed in (42, 43) for k in range(1, 6)}
     assert len(set(keys.values())) == len(keys)
+    # Consecutive seeds do not shift one stream onto another (as seed + offset did).
+    assert stream_seed(43, "flip") != stream_seed(42, "rotation") and stream_seed(42, "dropout", 2) != stream_seed(
+        43, "dropout", 1
+    )
     with pytest.raises(ValueError, match="unknown random stream"):
         stream_seed(42, "flips")
 
