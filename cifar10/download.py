@@ -214,8 +214,9 @@ def _shut_down(sock: socket.socket) -> None:
 class _DeadlineWatch:
     """The whole download's deadline: the seconds left, and a timer that shuts the open connection down when it
     passes. Checking the clock between reads is not enough: http.client reads the status line and headers with
-    blocking readline()s, which a server dripping a byte every few seconds keeps going for days. (The TLS
-    handshake, before the socket is handed over, is bounded by download.timeout per read only.)"""
+    blocking readline()s, which a server dripping a byte every few seconds keeps going for days. The TLS
+    handshake, before the socket is handed over, needs no watch: CPython bounds the whole handshake by the
+    socket timeout, which is at most the time left."""
 
     def __init__(self, seconds: float) -> None:
         self.end = time.monotonic() + seconds

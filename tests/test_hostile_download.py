@@ -464,3 +464,30 @@ def test_the_stage_copies_a_file_url_on_localhost(archive, tmp_path: Path):
     result = _run_download_stage(tmp_path, url=f"file://localhost{tmp_path / 'c.tar.gz'}", md5=md5.upper())
     assert result.returncode == 0, result.stderr
     assert md5_of(tmp_path / "raw" / "cifar-10-python.tar.gz") == md5
+
+
+def test_a_tls_handshake_dripping_one_byte_at_a_time_fails_at_the_deadline(tmp_path: Path):
+    # A TLS record header announcing 16 KiB of handshake, then one byte every 0.5 s: each read of the handshake
+    # gets data well within download.timeout, so only the deadline watch on the TCP socket, set before the
+    # handshake, ends it in time (the drip alone would last over two hours).
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"\x16\x03\x03\x40\x00")
+                while not stop.wait(0.5):
+                    conn.sendall(b"\x00")
+
+    threading.Thread(target=drip, daemon=True).start()
+    try:
+        start = time.monotonic()
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}/c.tar.gz"
+        message = _fail(url, tmp_path, deadline=DEADLINE_S, timeout=5.0, retries=0)
+        assert time.monotonic() - start < DEADLINE_S + SLACK_S
+        assert "did not finish within download.deadline" in message
+    finally:
+        stop.set()
+        listener.close()
