@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
-from cifar10.atomic import NO_SUCH_FILE, non_regular_file_reason
+from cifar10.atomic import require_regular_file
 from cifar10.dataset import CLASS_NAMES
 from cifar10.errors import DataError
 
@@ -661,11 +661,7 @@ def _read_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
     The whole file is read and checked, to its gzip CRC and length, before anything is returned.
     """
     # Only a regular file: opening a FIFO would block forever and a device such as /dev/zero never ends.
-    reason = non_regular_file_reason(path)
-    if reason == NO_SUCH_FILE:
-        raise DataError(f"archive {path} not found")
-    if reason:
-        raise DataError(f"archive {path} {reason}")
+    require_regular_file(path, "archive")
     try:
         raw = path.open("rb")
     except FileNotFoundError:

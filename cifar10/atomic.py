@@ -53,6 +53,16 @@ def non_regular_file_reason(path: Path) -> str | None:
     return f"is {kind}, not a regular file"
 
 
+def require_regular_file(path: Path, what: str, missing_hint: str = "") -> None:
+    """Raise DataError unless `path` is a regular file: `<what> <path> not found<missing_hint>`, or
+    `<what> <path> is a named pipe (FIFO), not a regular file` and the like."""
+    reason = non_regular_file_reason(path)
+    if reason == NO_SUCH_FILE:
+        raise DataError(f"{what} {path} not found{missing_hint}")
+    if reason:
+        raise DataError(f"{what} {path} {reason}")
+
+
 def _default_mode(directory: bool) -> int:
     # mkstemp/mkdtemp create private (0600/0700) entries; give outputs the modes the user's umask gives.
     umask = os.umask(0)

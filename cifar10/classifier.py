@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar10.atomic import NO_SUCH_FILE, atomic_dir, non_regular_file_reason, write_json
+from cifar10.atomic import atomic_dir, require_regular_file, write_json
 from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
 from cifar10.errors import DataError
 from cifar10.framework import keras
@@ -34,11 +34,7 @@ def load_classifier(path: Path, num_classes: int = len(CLASS_NAMES)) -> keras.Mo
 
     Only a regular file is opened: a FIFO would block the loader forever and /dev/zero never ends.
     """
-    reason = non_regular_file_reason(path)
-    if reason == NO_SUCH_FILE:
-        raise DataError(f"model {path} not found; run the train stage (or `dvc pull models`) first")
-    if reason:
-        raise DataError(f"model {path} {reason}")
+    require_regular_file(path, "model", "; run the train stage (or `dvc pull models`) first")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a damaged or foreign file
