@@ -92,7 +92,7 @@ def run_stage(normalized: Path, epochs: int, precision: str, work: Path) -> floa
     paths = [str(normalized), str(out / "models"), str(out / "live"), str(out / "train.json"), str(out / "ckpt")]
     cmd = [sys.executable, "-m", "stages.train", *paths, "--params", str(params_file)]
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
-    return json.loads((out / "train.json").read_text())["images_per_second"]
+    return json.loads((out / "models" / "meta.json").read_text())["training"]["images_per_second"]
 
 
 def main() -> None:

@@ -1,4 +1,9 @@
-"""The evaluate stage's core: scores from predicted probabilities, and the per-image predictions file."""
+"""The evaluate stage's core: the scores, the per-class table and the per-image predictions file.
+
+The scores are the few numbers worth a column in `dvc exp show`: test accuracy and loss. The per-class
+precision and recall go to a CSV drawn as a bar chart (one bar per class and revision), not to metrics:
+ten classes times two figures would push every other column off a terminal.
+"""
 
 from __future__ import annotations
 
@@ -18,24 +23,37 @@ def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, num_classes: int
     return np.bincount(actual * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def score_predictions(probabilities: np.ndarray, labels: np.ndarray, counts: np.ndarray, class_names) -> dict:
-    """Return accuracy, mean cross-entropy, and per-class recall and precision.
+def score_predictions(probabilities: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> dict:
+    """Return metrics/evaluate.json: test accuracy and mean cross-entropy (natural log).
 
     `counts` is the confusion matrix of `labels` against the argmax of `probabilities`.
     """
     labels = labels.astype(np.int64)
     picked = np.clip(probabilities[np.arange(len(labels)), labels], LOSS_FLOOR, 1.0)
+    return {
+        "test_accuracy": float(np.trace(counts) / len(labels)),
+        "test_loss": float(-np.log(picked).mean()),
+    }
+
+
+def per_class_scores(counts: np.ndarray, class_names) -> list[dict]:
+    """Return one row per class: its name, test images, precision and recall (0 where undefined), 4 digits."""
     support, claimed, hits = counts.sum(axis=1), counts.sum(axis=0), np.diag(counts)
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = np.where(support > 0, hits / support, 0.0)
         precision = np.where(claimed > 0, hits / claimed, 0.0)
-    return {
-        "accuracy": float(hits.sum() / len(labels)),
-        "loss": float(-np.log(picked).mean()),
-        "count": int(len(labels)),
-        "precision": {name: round(float(v), 4) for name, v in zip(class_names, precision)},
-        "recall": {name: round(float(v), 4) for name, v in zip(class_names, recall)},
-    }
+    return [
+        {"class": name, "images": int(n), "precision": round(float(p), 4), "recall": round(float(r), 4)}
+        for name, n, p, r in zip(class_names, support, precision, recall)
+    ]
+
+
+def write_per_class(path: Path, rows: list[dict]) -> None:
+    """Write per_class_scores() as CSV (class, images, precision, recall), the per-class bar chart's data."""
+    with atomic_file(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["class", "images", "precision", "recall"])
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def write_predictions(path: Path, labels: np.ndarray, predicted: np.ndarray, class_names) -> None:

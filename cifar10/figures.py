@@ -48,11 +48,26 @@ def first_predictions_grid(
     path: Path,
     count: int = 16,
 ) -> None:
-    """The tutorial's grid: the first `count` test images, titled "true -> predicted" (red when wrong)."""
+    """The tutorial's grid: the first `count` test images, each titled with a mark and its classes.
+
+    Right and wrong are told by the mark (✓ or ✗), not by colour alone; the colours (blue, orange) are
+    also distinguishable with the common colour-vision deficiencies.
+    """
     n = min(count, len(images))
-    titles = [f"{class_names[t]}\n-> {class_names[p]}" for t, p in zip(labels[:n], predicted[:n])]
-    colours = ["tab:green" if t == p else "tab:red" for t, p in zip(labels[:n], predicted[:n])]
-    labelled_grid(images[:n], titles, colours, 4, path, f"First {n} test images: true -> predicted")
+    titles = [
+        f"✓ {class_names[t]}" if t == p else f"✗ {class_names[t]}\n→ {class_names[p]}"
+        for t, p in zip(labels[:n], predicted[:n])
+    ]
+    colours = ["tab:blue" if t == p else "tab:orange" for t, p in zip(labels[:n], predicted[:n])]
+    right = int(np.sum(labels[:n] == predicted[:n]))
+    labelled_grid(
+        images[:n],
+        titles,
+        colours,
+        4,
+        path,
+        f"First {n} test images: {right} right (✓), {n - right} wrong (✗ true → predicted)",
+    )
 
 
 def confident_mistakes(
@@ -79,14 +94,26 @@ def mistakes_grid(
     path: Path,
     per_class: int = 8,
 ) -> None:
-    """A row per true class: its most confident mistakes, titled with the predicted class and probability."""
-    rows = confident_mistakes(probabilities, predicted, labels, per_class)
-    fig, axes = plt.subplots(
-        len(class_names), per_class, figsize=(1.5 * per_class, 1.6 * len(class_names)), squeeze=False
-    )
-    for c, (row, name) in enumerate(zip(rows, class_names)):
-        for k in range(per_class):
-            ax = axes[c, k]
+    """A row per true class with mistakes: its most confident ones, titled with the predicted class and probability.
+
+    Classes without a mistake get no row, and the grid is only as wide as the longest row, so the figure
+    holds no empty cells beyond the ends of rows.
+    """
+    rows = [
+        (name, row) for name, row in zip(class_names, confident_mistakes(probabilities, predicted, labels, per_class))
+    ]
+    rows = [(name, row) for name, row in rows if len(row)]
+    if not rows:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "No mistakes on the test images", ha="center", va="center")
+        _save(fig, path)
+        return
+    columns = max(len(row) for _, row in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.2 * columns + 1, 1.3 * len(rows) + 0.4), squeeze=False)
+    for r, (name, row) in enumerate(rows):
+        for k in range(columns):
+            ax = axes[r, k]
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
@@ -97,7 +124,10 @@ def mistakes_grid(
                 i = row[k]
                 ax.imshow(images[i], interpolation="nearest")
                 ax.set_title(f"{class_names[predicted[i]]} {probabilities[i, predicted[i]]:.2f}", fontsize=7)
+            elif k > 0:
+                ax.axis("off")
     fig.suptitle("Most confident mistakes per true class (title: predicted class, probability)", fontsize=10)
+    fig.subplots_adjust(wspace=0.05, hspace=0.45)
     _save(fig, path)
 
 

@@ -30,6 +30,7 @@ ACTIVATIONS = ("elu", "relu", "gelu", "swish")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 MIXED_PRECISION = ("none", "bfloat16", "float16")
+EXPORT_FORMATS = ("saved_model", "litert")
 
 # Ranges shared by several fields; each field's comment gives its own range.
 MAX_EPOCHS = 100_000  # 3 months on a 2-core CPU at 75 s an epoch, 2 days on an H100; the recipe is 125
@@ -256,11 +257,46 @@ class EvaluateParams:
         )
 
 
+@dataclass(frozen=True)
+class GateParams:
+    min_test_accuracy: float  # [0, 1]: fail below this test accuracy; 0 turns the floor off
+    baseline_rev: str  # a git revision whose metrics/evaluate.json sets the bar; "" turns the comparison off
+    max_drop: float  # [0, 1]: how far test accuracy may fall below the baseline's (0.01 = one point)
+
+    def __post_init__(self) -> None:
+        for key, value in (("gate.min_test_accuracy", self.min_test_accuracy), ("gate.max_drop", self.max_drop)):
+            _check(0 <= value <= 1, key, "must be in [0, 1]", value)
+        # A revision is passed to `git show REV:path`: no option (-...), no path part (:), no control characters.
+        _check(len(self.baseline_rev) <= 256, "gate.baseline_rev", "must be at most 256 characters", self.baseline_rev)
+        _check(
+            re.fullmatch(r"(?:[\w./~^@{}+\-]*)", self.baseline_rev, re.ASCII) is not None
+            and not self.baseline_rev.startswith("-"),
+            "gate.baseline_rev",
+            "must be a git revision (letters, digits and . / ~ ^ @ { } + - _, not starting with -)",
+            self.baseline_rev,
+        )
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    formats: tuple[str, ...]  # each of EXPORT_FORMATS at most once; the .keras model is always written by train
+
+    def __post_init__(self) -> None:
+        _check(
+            all(f in EXPORT_FORMATS for f in self.formats) and len(set(self.formats)) == len(self.formats),
+            "export.formats",
+            f"must list each of {EXPORT_FORMATS} at most once",
+            list(self.formats),
+        )
+
+
 SECTIONS: dict[str, type] = {
     "download": DownloadParams,
     "normalize": NormalizeParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
+    "gate": GateParams,
+    "export": ExportParams,
 }
 
 

@@ -2,6 +2,11 @@
 
     cifar10-predict cat.png truck.jpg            # top-3 classes, one line per image
     cifar10-predict --test-samples 16 --json     # the first 16 test images, as JSON lines
+    cifar10-predict --rev v1 cat.png             # with the model of git revision v1 (from DVC's cache or remote)
+
+Default paths are those of the repository this runs in, from any folder inside it (the nearest folder
+above holding dvc.yaml). --rev and --repo fetch models/model.keras with `dvc.api` from a git revision of
+this repository or of another one (a URL or path), through the DVC cache or remote.
 
 The model (models/model.keras) takes raw uint8 RGB images and normalizes them itself. Every input that
 cannot be used (a missing or broken file, a FIFO or a device, a decompression bomb, an image file over
@@ -16,6 +21,7 @@ import json
 import os
 import stat
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +163,44 @@ def load_test_samples(archive: Path, count: int) -> tuple[np.ndarray, np.ndarray
     return test.images[:count], test.labels[:count]
 
 
+MODEL_PATH = Path("models/model.keras")  # relative to the repository's root
+ARCHIVE_PATH = Path("data/raw/cifar-10-python.tar.gz")
+MAX_MODEL_BYTES = 2**31  # a fetched model larger than 2 GiB is refused; the tutorial's model is 5 MB
+
+
+def repository_root(start: Path) -> Path | None:
+    """Return the nearest folder at or above `start` holding dvc.yaml, or None."""
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    return None
+
+
+def fetch_model(rev: str | None, repo: str | None, into: Path) -> Path:
+    """Copy models/model.keras of git revision `rev` of `repo` (default: this repository) to `into`; return it.
+
+    StageError in one line when DVC cannot find it there (an unknown revision, a model never pushed).
+    """
+    import dvc.api  # seconds to import: only for --rev / --repo
+
+    target = into / "model.keras"
+    try:
+        with dvc.api.open(MODEL_PATH.as_posix(), repo=repo, rev=rev, mode="rb") as source, target.open("wb") as sink:
+            copied = 0
+            while chunk := source.read(2**20):
+                copied += len(chunk)
+                if copied > MAX_MODEL_BYTES:
+                    raise StageError(f"{MODEL_PATH} at {rev or 'HEAD'} is over {MAX_MODEL_BYTES // 2**30} GiB")
+                sink.write(chunk)
+    except StageError:
+        raise
+    except Exception as exc:  # dvc raises many types: unknown revision, no remote, missing from the cache
+        detail = " ".join(str(exc).split())[:200]
+        where = f"{repo or 'this repository'} at {rev or 'HEAD'}"
+        raise StageError(f"cannot fetch {MODEL_PATH} from {where} ({type(exc).__name__}: {detail})") from None
+    return target
+
+
 def top_k(probabilities: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
     """For each row of probabilities, the k most likely (class name, probability)."""
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
@@ -182,12 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="also classify the first N images of the archive's test batch",
     )
-    parser.add_argument("--model", type=Path, default=Path("models/model.keras"))
+    parser.add_argument("--model", type=Path, help=f"a .keras model file (default: the repository's {MODEL_PATH})")
+    parser.add_argument(
+        "--rev", help=f"use {MODEL_PATH} of this git revision (branch, tag, commit, experiment), fetched by DVC"
+    )
+    parser.add_argument("--repo", help="with --rev or alone: a git repository URL or path to fetch the model from")
     parser.add_argument(
         "--archive",
         type=Path,
-        default=Path("data/raw/cifar-10-python.tar.gz"),
-        help="the CIFAR-10 archive, for --test-samples",
+        help=f"the CIFAR-10 archive, for --test-samples (default: the repository's {ARCHIVE_PATH})",
     )
     parser.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -198,6 +245,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give image files or --test-samples N")
     if not 1 <= args.top <= len(CLASS_NAMES):
         parser.error(f"--top must be in 1..{len(CLASS_NAMES)}")
+    if args.model and (args.rev or args.repo):
+        parser.error("give --model or --rev/--repo, not both")
+    root = repository_root(Path.cwd())
+    if args.archive is None:
+        args.archive = root / ARCHIVE_PATH if root else ARCHIVE_PATH
+    if args.model is None and not (args.rev or args.repo):
+        if root is None:
+            print(
+                f"error: no {MODEL_PATH}: {Path.cwd()} is not inside a DVC repository (no dvc.yaml here or above); "
+                "pass --model PATH, or --repo URL [--rev REV]",
+                file=sys.stderr,
+            )
+            return 1
+        args.model = root / MODEL_PATH
 
     failures = 0
     names: list[str] = []
@@ -213,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
     if args.test_samples > 0:
         try:
+            if not args.archive.exists():
+                raise StageError(
+                    f"{args.archive} not found; --test-samples reads the archive's test batch: fetch it with "
+                    "`dvc pull download` (or `dvc repro download`), or pass --archive PATH"
+                )
             samples, labels = load_test_samples(args.archive, args.test_samples)
         except StageError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -227,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         # Keras (and TensorFlow) load only now, so `--help` and argument errors answer at once.
         from cifar10.classifier import load_classifier, predict_probabilities
 
-        model = load_classifier(args.model)
+        with tempfile.TemporaryDirectory(prefix="cifar10-predict-") as fetched:
+            path = args.model or fetch_model(args.rev, args.repo, Path(fetched))
+            model = load_classifier(path)
         probabilities = predict_probabilities(model, np.stack(images), batch_size=256)
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,7 +18,10 @@ def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.n
     Indices are sorted.
     """
     if val_size > len(labels) - 1:
-        raise DataError(f"normalize.val_size must leave at least one training image, got {val_size} of {len(labels)}")
+        raise DataError(
+            f"normalize.val_size must leave at least one training image, got {val_size} of {len(labels)}; "
+            "lower it for a small archive (-S normalize.val_size=N)"
+        )
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
     exact = val_size * counts / len(labels)
@@ -26,7 +29,7 @@ def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.n
     leftover = val_size - take.sum()
     take[np.argsort(-(exact - take), kind="stable")[:leftover]] += 1
     val = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
-    val_idx = np.sort(np.concatenate(val)) if val else np.empty(0, dtype=int)
+    val_idx = np.sort(np.concatenate(val))  # `val` has one entry per class, and there is at least one image
     train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
     return train_idx, val_idx
 

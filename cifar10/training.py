@@ -166,8 +166,18 @@ def train_model(
     return TrainResult(model, epoch_log.history, epoch_log.epoch_seconds, len(x_train), resume.epochs_done)
 
 
+def headline(summary: dict) -> dict:
+    """Return metrics/train.json from summarize()'s record: the few figures worth a column in `dvc exp show`."""
+    return {
+        "val_accuracy": summary["val_accuracy"],
+        "epochs": summary["epochs"],
+        "train_minutes": round(summary["wall_seconds"] / 60, 2),
+    }
+
+
 def summarize(result: TrainResult, params: TrainParams, device: str, wall_seconds: float) -> dict:
-    """Return metrics/train.json: final losses and accuracies, cost and speed (validation ones None without it)."""
+    """Return the training record kept in models/meta.json: final losses and accuracies, cost and speed
+    (validation figures None without a validation part)."""
     last = {name: float(values[-1]) for name, values in result.history.items()}
     # Speed is steady-state: the first epoch of a process also pays for tracing the graph; leave it out when we can.
     first = result.resumed_from if result.resumed_from < len(result.epoch_seconds) else 0

@@ -1,6 +1,7 @@
 """Stage 3: train the CNN on the normalized arrays and save a model that takes raw uint8 images.
 
-Writes the model files (cifar10/classifier.py), per-epoch DVCLive logs and metrics/train.json.
+Writes the model files (cifar10/classifier.py; meta.json records speed and device), per-epoch DVCLive logs
+and metrics/train.json (validation accuracy, epochs, minutes).
 End-of-epoch checkpoints go to a folder outside DVC's outputs (git-ignored, guarded by a
 fingerprint of params, seed and data), so a killed run continues where it stopped while the
 stage's outputs stay cacheable and restorable from DVC's run cache.
@@ -20,7 +21,7 @@ from cifar10.errors import run_stage
 from cifar10.normalized import read_normalized
 from cifar10.params import as_dict
 from cifar10.stage import start_stage
-from cifar10.training import configure_runtime, summarize, train_model
+from cifar10.training import configure_runtime, headline, summarize, train_model
 
 
 def main() -> None:
@@ -47,10 +48,16 @@ def main() -> None:
         result = train_model(arrays, stats, params, seed, live, args.checkpoints)
     wall = time.perf_counter() - start
 
-    meta = {"seed": seed, "train": as_dict(params), "stats": stats.to_json(), "class_names": list(CLASS_NAMES)}
-    save_classifier(result.model, args.models, meta)
     summary = summarize(result, params, device, wall)
-    write_json(args.metrics, summary)
+    meta = {
+        "seed": seed,
+        "train": as_dict(params),
+        "stats": stats.to_json(),
+        "class_names": list(CLASS_NAMES),
+        "training": summary,  # speed, device and final figures travel with the model, not in the metrics
+    }
+    save_classifier(result.model, args.models, meta)
+    write_json(args.metrics, headline(summary))
     print(f"train: {json.dumps(summary)}")
 
 

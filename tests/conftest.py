@@ -115,8 +115,10 @@ TINY_TRAIN = {
 }
 
 
-def stage_env() -> dict[str, str]:
+def stage_env(import_root: bool = False) -> dict[str, str]:
     """The environment for stage subprocesses: this interpreter's `python` first on PATH, no analytics.
+
+    `import_root`: the stages and the library import from this checkout wherever the command runs.
 
     TensorFlow's logging is left as a user has it, so the tests see what a user sees.
     """
@@ -125,14 +127,46 @@ def stage_env() -> dict[str, str]:
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     env["DVC_NO_ANALYTICS"] = "1"
     env.pop("PYTHONPATH", None)
-    # Under `make mutation`, a subprocess runs the unmutated code: mutmut's trampolines work in-process only.
-    env.pop("MUTANT_UNDER_TEST", None)
+    if import_root:
+        env["PYTHONPATH"] = str(ROOT)
+    mutant = env.get("MUTANT_UNDER_TEST", "")
+    if mutant:
+        # Under `make mutation` a subprocess imports the mutated copy (ROOT is mutants/), not the editable
+        # install, and runs the mutant under test; while mutmut maps tests to functions it reports the
+        # functions it entered (tests/mutmut_shim). Its other modes ("fail") stay in the test process.
+        env["PYTHONPATH"] = str(ROOT)
+        if mutant == "stats":
+            env["PYTHONPATH"] = f"{ROOT / 'tests' / 'mutmut_shim'}{os.pathsep}{ROOT}"
+            env["CIFAR10_MUTMUT_HITS"] = str(_subprocess_hits_dir())
+        elif "__mutmut_" not in mutant:
+            del env["MUTANT_UNDER_TEST"]
     return env
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command in `cwd` with the stage environment; on failure show its output."""
-    result = subprocess.run(cmd, cwd=cwd, env=stage_env(), capture_output=True, text=True)
+@functools.cache
+def _subprocess_hits_dir() -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="cifar10-mutmut-hits-"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """While mutmut maps tests to functions, count what this test's subprocesses entered as reached by it."""
+    try:
+        return (yield)
+    finally:
+        if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+            from mutmut.state import state
+
+            for hits in _subprocess_hits_dir().glob("*.txt"):
+                state()._stats.update(name for name in hits.read_text().split() if name)
+                hits.unlink()
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, import_root: bool = False) -> subprocess.CompletedProcess:
+    """Run a command in `cwd` with the stage environment (see stage_env); on failure show its output."""
+    result = subprocess.run(cmd, cwd=cwd, env=stage_env(import_root), capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
@@ -160,7 +194,8 @@ def set_params(repo: Path, updates: dict[str, dict]) -> None:
 
 @pytest.fixture()
 def project(tmp_path: Path) -> Path:
-    """A committed git + DVC repo with a copy of the project (stages, library, dvc.yaml, params.yaml), git identity."""
+    """A committed git + DVC repo with a copy of the project (stages, library, dvc.yaml, params.yaml, plot
+    templates), git identity."""
     repo = tmp_path / "project"
     repo.mkdir()
     for name in ("stages", "cifar10"):
@@ -172,6 +207,7 @@ def project(tmp_path: Path) -> Path:
     git("config", "user.email", "test@example.com", cwd=repo)
     dvc("init", "-q", cwd=repo)
     dvc("config", "core.analytics", "false", cwd=repo)
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")  # the custom plot templates
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "project", cwd=repo)
     return repo

@@ -84,3 +84,39 @@ def test_missing_sources_and_unknown_schemes(http_server, tmp_path: Path, capsys
     with pytest.raises(StageError, match="unsupported scheme 'ftp'"):
         download_archive(download_params(url="ftp://example.org/c.tar.gz", md5="0" * 32), dest)
     assert _leftovers(tmp_path) == ["www"]
+
+
+def test_a_local_file_of_exactly_max_bytes_is_copied_whole(tmp_path: Path, monkeypatch):
+    import cifar10.download as download
+
+    monkeypatch.setattr(download, "CHUNK", 7)  # several blocks, the last one short
+    source = tmp_path / "a.tar.gz"
+    source.write_bytes(bytes(range(50)))
+    download.copy_local(source, tmp_path / "copy", max_bytes=50)
+    assert (tmp_path / "copy").read_bytes() == bytes(range(50))
+    with pytest.raises(StageError) as info:
+        download.copy_local(source, tmp_path / "copy2", max_bytes=49)
+    assert str(info.value) == f"{source} holds 50 bytes, more than download.max_bytes (49)"
+
+
+def test_a_local_file_growing_past_max_bytes_while_copied_is_refused(tmp_path: Path, monkeypatch):
+    """stat() said it fits; the bytes read say otherwise (a log still being written, a lying mount)."""
+    import os
+
+    import cifar10.download as download
+
+    monkeypatch.setattr(download, "CHUNK", 4)
+    source = tmp_path / "growing.tar.gz"
+    source.write_bytes(b"x" * 40)
+    real_stat = Path.stat
+
+    def stat_before_growth(self, *args, **kwargs):
+        result = real_stat(self, *args, **kwargs)
+        if self == source:
+            return os.stat_result((*result[:6], 10, *result[7:]))  # st_size, as it was a moment ago
+        return result
+
+    monkeypatch.setattr(Path, "stat", stat_before_growth)
+    with pytest.raises(StageError) as info:
+        download.copy_local(source, tmp_path / "copy", max_bytes=20)
+    assert str(info.value) == f"{source} grew past download.max_bytes (20) while being copied"

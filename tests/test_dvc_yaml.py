@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT, stage_env
 
-STAGES = {"download", "normalize", "train", "evaluate", "preview"}
+STAGES = {"download", "normalize", "train", "evaluate", "gate", "export", "preview"}
+
+pytestmark = pytest.mark.integration
 
 
 def _module_file(module: str) -> Path:
@@ -84,6 +87,8 @@ def test_each_stage_reads_only_the_params_it_declares():
         "normalize": {"seed", "normalize"},
         "train": {"seed", "train"},
         "evaluate": {"evaluate"},
+        "gate": {"gate"},
+        "export": {"export"},
         "preview": {"seed", "train"},
     }
 
@@ -102,8 +107,11 @@ def test_stage_scripts_are_leaves():
         assert not {m for m in imported if m.startswith("stages")}, f"{path} imports a stage script"
 
 
-def test_download_and_normalize_never_load_tensorflow():
-    code = "import sys, stages.download, stages.normalize; print(sorted({m.split('.')[0] for m in sys.modules}))"
+def test_download_normalize_and_the_gate_never_load_tensorflow():
+    code = (
+        "import sys, stages.download, stages.normalize, stages.gate; "
+        "print(sorted({m.split('.')[0] for m in sys.modules}))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=stage_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     loaded = set(ast.literal_eval(result.stdout.strip()))

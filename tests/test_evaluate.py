@@ -9,7 +9,14 @@ import pytest
 
 from cifar10.classifier import load_classifier, predict_probabilities
 from cifar10.errors import DataError
-from cifar10.evaluation import LOSS_FLOOR, confusion_matrix, score_predictions, write_predictions
+from cifar10.evaluation import (
+    LOSS_FLOOR,
+    confusion_matrix,
+    per_class_scores,
+    score_predictions,
+    write_per_class,
+    write_predictions,
+)
 from cifar10.framework import keras
 
 NAMES = ("a", "b", "c")
@@ -21,14 +28,17 @@ def test_scores_from_known_predictions():
     probabilities = np.full((6, 3), 0.1)
     probabilities[np.arange(6), predicted] = 0.8
     counts = confusion_matrix(labels, probabilities.argmax(axis=1), 3)
-    scores = score_predictions(probabilities, labels, counts, NAMES)
-    assert scores["accuracy"] == pytest.approx(4 / 6)
-    assert scores["recall"] == {"a": 0.5, "b": 1.0, "c": 0.5}  # per-class accuracy
-    assert scores["precision"] == {"a": 0.5, "b": pytest.approx(0.6667, abs=1e-4), "c": 1.0}
+    scores = score_predictions(probabilities, labels, counts)
+    assert set(scores) == {"test_accuracy", "test_loss"}  # the few columns of `dvc exp show`
+    assert scores["test_accuracy"] == pytest.approx(4 / 6)
+    rows = per_class_scores(counts, NAMES)
+    assert [r["recall"] for r in rows] == [0.5, 1.0, 0.5]  # per-class accuracy
+    assert [r["precision"] for r in rows] == [0.5, pytest.approx(0.6667, abs=1e-4), 1.0]
+    assert [(r["class"], r["images"]) for r in rows] == [("a", 2), ("b", 2), ("c", 2)]
     picked = probabilities[np.arange(6), labels]
-    assert scores["loss"] == pytest.approx(-np.log(picked).mean())
+    assert scores["test_loss"] == pytest.approx(-np.log(picked).mean())
     assert counts.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
-    assert np.trace(counts) / counts.sum() == pytest.approx(scores["accuracy"])
+    assert np.trace(counts) / counts.sum() == pytest.approx(scores["test_accuracy"])
 
 
 def _save(tmp_path: Path, shape: tuple, classes: int) -> Path:
@@ -85,13 +95,15 @@ def test_scores_with_an_empty_class_a_certain_mistake_and_rounding():
     predicted = probabilities.argmax(axis=1)
     counts = confusion_matrix(labels, predicted, 3)
     assert counts.shape == (3, 3) and counts[2].sum() == 0 and counts[:, 2].sum() == 0
-    scores = score_predictions(probabilities, labels, counts, NAMES)
-    assert scores["count"] == 6 and scores["accuracy"] == pytest.approx(5 / 6)
-    assert scores["recall"] == {"a": 0.6667, "b": 1.0, "c": 0.0}  # rounded to 4 digits, 0 for an empty class
-    assert scores["precision"] == {"a": 1.0, "b": 0.75, "c": 0.0}
+    scores = score_predictions(probabilities, labels, counts)
+    assert scores["test_accuracy"] == pytest.approx(5 / 6)
+    rows = per_class_scores(counts, NAMES)
+    assert [r["recall"] for r in rows] == [0.6667, 1.0, 0.0]  # rounded to 4 digits, 0 for an empty class
+    assert [r["precision"] for r in rows] == [1.0, 0.75, 0.0]
+    assert [r["images"] for r in rows] == [3, 3, 0]
     picked = np.array([1.0, 0.9, LOSS_FLOOR, 0.8, 0.7, 0.6])
-    assert scores["loss"] == pytest.approx(-np.log(picked).mean(), rel=1e-12)
-    assert np.isfinite(scores["loss"])
+    assert scores["test_loss"] == pytest.approx(-np.log(picked).mean(), rel=1e-12)
+    assert np.isfinite(scores["test_loss"])
 
 
 def test_the_confusion_matrix_is_square_even_when_the_last_classes_never_appear():
@@ -105,3 +117,13 @@ def test_predictions_file_has_one_row_per_image_with_class_names(tmp_path: Path)
     write_predictions(path, np.array([0, 2, 1]), np.array([0, 1, 1]), NAMES)
     assert path.read_text().splitlines() == ["actual,predicted", "a,a", "c,b", "b,b"]
     assert [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]  # no temporary sibling left
+
+
+def test_the_per_class_file_is_the_table_the_bar_charts_read(tmp_path: Path):
+    counts = np.array([[3, 1], [0, 2]])
+    write_per_class(tmp_path / "per_class.csv", per_class_scores(counts, ("cat", "dog")))
+    assert (tmp_path / "per_class.csv").read_text().splitlines() == [
+        "class,images,precision,recall",
+        "cat,4,1.0,0.75",
+        "dog,2,0.6667,1.0",
+    ]

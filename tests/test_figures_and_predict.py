@@ -41,9 +41,41 @@ def test_grids_and_confusion_png(tmp_path: Path):
     w_first, h_first = _png_size(tmp_path / "first.png")
     w_mistakes, h_mistakes = _png_size(tmp_path / "mistakes.png")
     assert w_first > 200 and h_first > 200
-    assert h_mistakes > w_mistakes  # ten rows of four
+    assert h_mistakes > w_mistakes  # ten rows of at most four
     assert _png_size(tmp_path / "confusion.png")[0] > 400
     assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png", "first.png", "mistakes.png"]
+
+
+def test_mistakes_grid_has_rows_only_for_classes_with_mistakes(tmp_path: Path):
+    """No empty rows or columns: 2 classes with mistakes, at most 2 each, give a grid of 2 x 2 images."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(40, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(40) % 10
+    predicted = labels.copy()
+    predicted[[0, 10, 1]] = [5, 6, 7]  # class 0: two mistakes, class 1: one
+    probabilities = np.eye(10)[predicted] * 0.9 + 0.01
+    mistakes_grid(images, probabilities, predicted, labels, CLASS_NAMES, tmp_path / "two.png", per_class=8)
+    mistakes_grid(images, probabilities, labels, labels, CLASS_NAMES, tmp_path / "none.png", per_class=8)
+    predicted_all = (labels + 1) % 10  # every image wrong: 10 rows of 4
+    mistakes_grid(images, np.eye(10)[predicted_all], predicted_all, labels, CLASS_NAMES, tmp_path / "all.png", 8)
+    (w2, h2), (w10, h10), (w0, h0) = (_png_size(tmp_path / n) for n in ("two.png", "all.png", "none.png"))
+    assert h2 < h10 / 3  # two rows against ten
+    assert w2 < w10  # two columns against four
+    assert h0 < h2 and w0 < w10  # one line of text
+
+
+def test_right_and_wrong_are_told_by_a_mark_not_only_by_colour(tmp_path: Path, monkeypatch):
+    import cifar10.figures as figures
+
+    shown: dict = {}
+    monkeypatch.setattr(
+        figures, "labelled_grid", lambda images, titles, colours, *rest: shown.update(t=titles, c=colours)
+    )
+    first_predictions_grid(
+        np.zeros((3, 32, 32, 3), np.uint8), np.array([0, 1, 2]), np.array([0, 3, 2]), CLASS_NAMES, tmp_path / "x.png"
+    )
+    assert shown["t"] == ["✓ airplane", "✗ automobile\n→ cat", "✓ bird"]
+    assert shown["c"] == ["tab:blue", "tab:orange", "tab:blue"]  # distinguishable in common colour blindness
 
 
 def test_confident_mistakes_are_wrong_and_sorted():
@@ -122,6 +154,53 @@ def test_predict_on_test_samples_as_text(archive, saved_model: Path, capsys):
     assert len(lines) == 5 and lines[0].startswith("test:0: ") and "(true: " in lines[0]
 
 
+def _repository(tmp_path: Path, saved_model: Path) -> Path:
+    """A folder laid out like a clone after `dvc pull models`: dvc.yaml and models/model.keras, no archive."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/model.keras").write_bytes(saved_model.read_bytes())
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "plots/deep").mkdir(parents=True)
+    return tmp_path
+
+
+def test_default_paths_are_the_repositorys_from_any_folder_inside_it(tmp_path, saved_model, monkeypatch, capsys):
+    repo = _repository(tmp_path, saved_model)
+    png, _ = _images(tmp_path)
+    monkeypatch.chdir(repo / "plots/deep")
+    assert predict_main([str(png)]) == 0
+    assert capsys.readouterr().out.startswith(f"{png}: ")
+    # --test-samples needs the archive too, and says how to get it rather than "not found".
+    assert predict_main(["--test-samples", "3"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {repo / 'data/raw/cifar-10-python.tar.gz'} not found; --test-samples reads the archive's test "
+        "batch: fetch it with `dvc pull download` (or `dvc repro download`), or pass --archive PATH"
+    )
+
+
+def test_outside_a_repository_it_says_what_to_pass(tmp_path: Path, monkeypatch, capsys):
+    png, _ = _images(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert predict_main([str(png)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: no models/model.keras: {tmp_path} is not inside a DVC repository (no dvc.yaml here or above); "
+        "pass --model PATH, or --repo URL [--rev REV]"
+    )
+    with pytest.raises(SystemExit):
+        predict_main([str(png), "--model", "m.keras", "--rev", "v1"])
+    assert "give --model or --rev/--repo, not both" in capsys.readouterr().err
+
+
+def test_a_revision_dvc_cannot_find_is_one_line(tmp_path: Path, saved_model: Path, monkeypatch, capsys):
+    repo = _repository(tmp_path, saved_model)
+    png, _ = _images(tmp_path)
+    monkeypatch.chdir(repo)
+    assert predict_main([str(png), "--repo", str(repo), "--rev", "no-such-rev"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot fetch models/model.keras from {repo} at no-such-rev (") and "\n" not in err
+
+
+@pytest.mark.integration
 def test_installed_command_runs(tmp_path: Path, saved_model: Path):
     """The console script from pyproject.toml, as a user runs it after `pip install`."""
     script = Path(sys.executable).parent / "cifar10-predict"

@@ -349,6 +349,7 @@ def test_array_records_other_than_numpys_uint8_rows_are_refused(data: Opcodes, m
         (b"\x80\x05\x96" + struct.pack("<Q", 64 * GiB) + b".", "refused pickle opcode BYTEARRAY8"),
         (b"\x80\x02]" + b"]a" * 600_000 + b".", "more than 1,000,000 pickle operations"),
         (b"\x80\x02}", "it ends before its STOP opcode"),
+        (b"\x80\x02\xfe.", "refused pickle opcode 0xfe"),  # no opcode at all: named by its byte
     ],
     ids=[
         "bare_global",
@@ -361,6 +362,7 @@ def test_array_records_other_than_numpys_uint8_rows_are_refused(data: Opcodes, m
         "bytearray8_of_64_gib",
         "1_200_000_opcodes",
         "no_stop",
+        "unknown_opcode",
     ],
 )
 def test_other_unpickling_tricks_are_refused(payload: bytes, message: str):
@@ -746,3 +748,26 @@ def test_a_pax_size_that_is_not_a_plain_number_is_one_line(tmp_path: Path, size:
     path.write_bytes(gzip.compress(pax_tar([("cifar-10-batches-py/notes.txt", {"size": size}, b"abc")])))
     with pytest.raises(DataError, match=r"is truncated or corrupt \(a pax size of"):
         read_archive(path)
+
+
+def _pax(key: bytes, value: bytes) -> bytes:
+    """One pax record, `<length> <key>=<value>\\n`, its length counting itself."""
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(str(length).encode() + body) != length:
+        length += 1
+    return str(length).encode() + body
+
+
+def test_pax_records_split_at_the_first_equals_and_keep_any_bytes():
+    from types import SimpleNamespace
+
+    from cifar10.archive import _pax_records
+
+    stream = SimpleNamespace(path="a.tar.gz")
+    data = _pax(b"comment", b"a=b") + _pax(b"path\xff", b"caf\xe9") + b"\0" * 7
+    assert _pax_records(data, stream) == {"comment": "a=b", "path\udcff": "caf\udce9"}
+    for malformed in (b"x5 path=a\n", _pax(b"path", b"a")[:-1] + b"x", b"9 pathab\n"):
+        with pytest.raises(DataError) as info:
+            _pax_records(malformed, stream)
+        assert str(info.value) == "a.tar.gz is truncated or corrupt (a malformed pax header)"

@@ -324,12 +324,25 @@ def test_an_unknown_host_fails_at_once(tmp_path: Path, capsys):
     ["ftp://127.0.0.1/c.tar.gz", "file:///etc/passwd", "http://user:" + TOKEN + "@127.0.0.1/c.tar.gz"],
     ids=["ftp", "file", "credentials"],
 )
-def test_redirects_outside_http_are_refused(serve, tmp_path: Path, target: str):
-    base, requests = serve(lambda handler: handler.send(302, b"", {"Location": target}))
+@pytest.mark.parametrize("header", ["Location", "URI"])  # urllib also follows the legacy `URI:` header
+def test_redirects_outside_http_are_refused(serve, tmp_path: Path, target: str, header: str):
+    base, requests = serve(lambda handler: handler.send(302, b"", {header: target}))
     message = _fail(f"{base}/c.tar.gz", tmp_path)
     assert message.startswith(f"download of {base}/c.tar.gz failed: the server redirected to ")
     assert TOKEN not in message
     assert len(requests) == 1  # the target was never requested, nor the redirect retried
+
+
+def test_a_redirect_without_a_target_is_a_plain_http_error(serve, tmp_path: Path):
+    base, requests = serve(lambda handler: handler.send(302, b""))
+    message = _fail(f"{base}/c.tar.gz", tmp_path)
+    assert message == f"download of {base}/c.tar.gz failed: HTTP 302 Found"
+    assert len(requests) == 1
+
+
+def test_a_redirect_to_a_malformed_url_is_named_without_its_credentials():
+    problem = _redirect_problem("http://example.org/c.tar.gz", f"http://user:{TOKEN}@[::1/c.tar.gz")
+    assert problem == "the server redirected to a malformed URL http://***@[::1/c.tar.gz"
 
 
 def test_https_to_http_redirects_are_refused_and_upgrades_followed():

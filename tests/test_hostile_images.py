@@ -258,6 +258,7 @@ def _records(out: str) -> list[str]:
     return [json.loads(line)["image"] for line in out.splitlines()]
 
 
+@pytest.mark.integration
 def test_cli_refuses_each_hostile_file_in_one_line_and_classifies_the_rest(tmp_path: Path, model_file: Path):
     """The command as a user runs it, in a subprocess with a memory limit and a deadline: one TensorFlow start."""
     first, last = good_png(tmp_path / "first.png"), good_png(tmp_path / "last.png", (10, 90, 220))
@@ -394,6 +395,7 @@ def test_ctrl_c_in_predict_is_one_line_and_status_130(monkeypatch, capsys):
 # --- The evaluate stage, as DVC runs it ------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", ["empty test batch", "NaN model output"])
 def test_evaluate_refuses_in_one_line_and_writes_nothing(case: str, tmp_path: Path, model_file: Path):
     if case == "empty test batch":

@@ -261,6 +261,9 @@ EDGES_ACCEPTED = [
     {"train.lr_decay": 1},
     {"evaluate.batch_size": 1},
     {"evaluate.batch_size": 65_536},
+    {"gate.min_test_accuracy": 0, "gate.max_drop": 0},
+    {"gate.min_test_accuracy": 1, "gate.max_drop": 1, "gate.baseline_rev": "v1.0~2^{commit}"},
+    {"gate.baseline_rev": "exp-a1b2c", "export.formats": ["litert", "saved_model"]},
 ]
 
 
@@ -324,6 +327,17 @@ OUT_OF_RANGE = [
     ({"evaluate.batch_size": 0}, "evaluate.batch_size must be a positive integer, got 0"),
     ({"evaluate.batch_size": 65_537}, "evaluate.batch_size must be at most 65536, got 65537"),
     ({"evaluate.batch_size": 10**20}, "evaluate.batch_size must be at most 65536, got 100000000000000000000"),
+    ({"gate.min_test_accuracy": -0.1}, "gate.min_test_accuracy must be in [0, 1], got -0.1"),
+    ({"gate.min_test_accuracy": 1.01}, "gate.min_test_accuracy must be in [0, 1], got 1.01"),
+    ({"gate.max_drop": -0.01}, "gate.max_drop must be in [0, 1], got -0.01"),
+    ({"gate.max_drop": 2}, "gate.max_drop must be in [0, 1], got 2.0"),
+    # A revision goes to `git cat-file REV:path`: never an option, never a second path.
+    ({"gate.baseline_rev": "--output=/tmp/x"}, "gate.baseline_rev must be a git revision"),
+    ({"gate.baseline_rev": "main:other/file.json"}, "gate.baseline_rev must be a git revision"),
+    ({"gate.baseline_rev": "main\nx"}, "gate.baseline_rev must be a git revision"),
+    ({"gate.baseline_rev": "v" * 257}, "gate.baseline_rev must be at most 256 characters"),
+    ({"export.formats": ["onnx"]}, "export.formats must list each of ('saved_model', 'litert') at most once"),
+    ({"export.formats": ["litert", "litert"]}, "export.formats must list each of ('saved_model', 'litert') at most"),
 ]
 
 
@@ -636,3 +650,30 @@ def test_a_url_with_credentials_is_shown_without_them_in_a_params_error():
     with pytest.raises(ParamError) as info:
         parse_section(DownloadParams, "download", raw)
     assert "s3cret-token" not in str(info.value) and "https://***@mirror.example" in str(info.value)
+
+
+# --- The one line itself --------------------------------------------------------------------------------------
+
+
+def test_parts_of_a_message_are_clipped_exactly_at_their_limits():
+    from cifar10.params import _clip
+
+    assert _clip("a" * 10, 10) == "a" * 10  # at the limit: whole
+    assert _clip("a" * 11, 10) == "aaaaaaa..."  # one over: cut to the limit, dots included
+
+
+def test_what_yaml_found_wrong_is_one_short_line_with_its_place():
+    from yaml.error import Mark, MarkedYAMLError, YAMLError
+
+    from cifar10.params import _yaml_problem
+
+    def mark(line: int, column: int) -> Mark:
+        return Mark("params.yaml", 0, line, column, None, None)
+
+    assert _yaml_problem(YAMLError("x" * 161)) == "x" * 157 + "..."  # 160 characters at most
+    assert _yaml_problem(YAMLError("x" * 160)) == "x" * 160
+    full = MarkedYAMLError("c" * 61, mark(2, 0), "p" * 121, mark(4, 1))
+    assert _yaml_problem(full) == "c" * 57 + "... (line 3): " + "p" * 117 + "... at line 5, column 2"
+    exact = MarkedYAMLError("c" * 60, None, "p" * 120, None)  # no marks: no places
+    assert _yaml_problem(exact) == "c" * 60 + ": " + "p" * 120
+    assert _yaml_problem(MarkedYAMLError(None, None, None, None)) == "unreadable"

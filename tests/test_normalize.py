@@ -86,6 +86,12 @@ def test_statistics_come_from_the_training_part_only(archive):
     train_idx, val_idx = stratified_split(train.labels, 20, stream_seed(3, "split"))
     assert np.array_equal(denormalize_images(arrays["x_val"], stats), train.images[val_idx])
     assert np.array_equal(arrays["y_train"], train.labels[train_idx])
+    # The method param reaches the statistics: one pair for global, one per channel otherwise.
+    assert len(stats.mean) == 1 and stats.eps == normalize_params().eps
+    _, per_channel = split_and_normalize(
+        train.images, train.labels, normalize_params(val_size=20, method="per_channel"), seed=3
+    )
+    assert len(per_channel.mean) == 3 and len(per_channel.std) == 3
 
 
 def test_written_arrays_read_back_unchanged(tmp_path: Path, archive):
@@ -116,14 +122,70 @@ def test_hand_edited_arrays_are_refused(tmp_path: Path):
         "dtype": ({"x_train": x.astype(np.float64), "y_train": y}, "must be float32 of shape (N, 32, 32, 3)"),
         "shape": ({"x_train": np.zeros((4, 28, 28, 3), np.float32), "y_train": y}, "got float32 (4, 28, 28, 3)"),
         "labels": ({"x_train": x, "y_train": y + 10}, "has labels outside 0..9"),
+        # Labels of the right dtype but 2-D, or 1-D but float: each check on its own.
+        "2-D labels": (
+            {"x_train": x, "y_train": y.reshape(4, 1)},
+            "y_train.npy must be a 1-D integer array, got uint8 (4, 1)",
+        ),
+        "float labels": (
+            {"x_train": x, "y_train": y.astype(np.float32)},
+            "y_train.npy must be a 1-D integer array, got float32 (4,)",
+        ),
     }
     for name, (arrays, message) in cases.items():
         _write(tmp_path / name, arrays)
         with pytest.raises(DataError) as info:
             read_normalized(tmp_path / name, ("train",))
         assert message in str(info.value), name
-    with pytest.raises(DataError, match="run the normalize stage first"):
+    with pytest.raises(DataError) as info:
         read_normalized(tmp_path / "missing", ("train",))
+    assert str(info.value) == f"{tmp_path / 'missing' / 'x_train.npy'} not found; run the normalize stage first"
+
+
+def test_an_array_file_holding_pickled_objects_is_refused_unloaded(tmp_path: Path):
+    """A .npy of dtype object is a pickle: numpy would run it with allow_pickle=True. It is never loaded."""
+    np.save(tmp_path / "x_train.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "y_train.npy", np.zeros(2, np.uint8))
+    with pytest.raises(DataError) as info:
+        read_normalized(tmp_path, ("train",))
+    assert str(info.value).startswith(f"{tmp_path / 'x_train.npy'} is not a readable .npy array (Object arrays cannot")
+
+
+def test_stats_json_is_written_with_the_method_and_the_counts(tmp_path: Path):
+    arrays = {
+        "x_train": np.zeros((3, 32, 32, 3), np.float32),
+        "y_train": np.array([0, 1, 2], np.uint8),
+        "x_val": np.zeros((1, 32, 32, 3), np.float32),
+        "y_val": np.array([4], np.uint8),
+    }
+    write_normalized(tmp_path / "n", arrays, Stats((1.0, 2.0, 3.0), (4.0, 5.0, 6.0), 0.5), "per_channel")
+    assert json.loads((tmp_path / "n/stats.json").read_text()) == {
+        "method": "per_channel",
+        "mean": [1.0, 2.0, 3.0],
+        "std": [4.0, 5.0, 6.0],
+        "eps": 0.5,
+        "counts": {"train": 3, "val": 1},
+    }
+    assert read_stats(tmp_path / "n/stats.json") == Stats((1.0, 2.0, 3.0), (4.0, 5.0, 6.0), 0.5)
+
+
+def test_stats_files_that_are_missing_or_not_json_say_so(tmp_path: Path):
+    with pytest.raises(DataError) as info:
+        read_stats(tmp_path / "stats.json")
+    assert str(info.value) == f"{tmp_path / 'stats.json'} not found; run the normalize stage first"
+    (tmp_path / "stats.json").write_text("{mean: 1")
+    with pytest.raises(DataError) as info:
+        read_stats(tmp_path / "stats.json")
+    assert str(info.value).startswith(f"{tmp_path / 'stats.json'} is not valid JSON (Expecting property name")
+
+
+def test_display_undoes_eps_and_clips_to_the_pixel_range():
+    stats = Stats((100.0,), (2.0,), 1.0)  # a large eps: the inverse must use std + eps, not std - eps
+    pixels = np.array([0, 1, 99, 100, 254, 255], np.uint8).reshape(1, 1, 6, 1)
+    back = denormalize_images(normalize_images(pixels, stats), stats)
+    assert back.dtype == np.uint8 and back.tolist() == pixels.tolist()
+    beyond = denormalize_images(np.array([-1e3, 1e3], np.float32).reshape(1, 1, 2, 1), stats)
+    assert beyond.ravel().tolist() == [0, 255]  # clipped, not wrapped around
 
 
 @pytest.mark.parametrize(
@@ -133,6 +195,12 @@ def test_hand_edited_arrays_are_refused(tmp_path: Path):
         ({"mean": [120.0], "std": [-3.0], "eps": 1e-7}, "std must be positive and finite, got [-3.0]"),
         ({"mean": [120.0], "eps": 1e-7}, "must hold mean, std and eps"),
         ({"mean": [1, 2], "std": [1, 2], "eps": 0}, "must both have 1 or 3 values"),
+        (
+            {"mean": [1, 2, 3, 4], "std": [1, 2, 3, 4], "eps": 0},
+            "mean and std must both have 1 or 3 values, got 4 and 4",
+        ),
+        ({"mean": [120.0], "std": [60.0], "eps": float("nan")}, "eps must be a finite non-negative number, got nan"),
+        ({"mean": [120.0], "std": [60.0], "eps": -1e-7}, "eps must be a finite non-negative number, got -1e-07"),
     ],
 )
 def test_hand_edited_stats_are_refused(tmp_path: Path, content, message):
@@ -140,7 +208,14 @@ def test_hand_edited_stats_are_refused(tmp_path: Path, content, message):
     path.write_text(json.dumps(content))
     with pytest.raises(DataError) as info:
         read_stats(path)
-    assert message in str(info.value)
+    assert message in str(info.value) and str(info.value).startswith(str(path))
+
+
+def test_the_smallest_valid_stats_are_accepted(tmp_path: Path):
+    """The edges of what stats.json may hold: a std below 1, eps 0, three channels."""
+    path = tmp_path / "stats.json"
+    path.write_text(json.dumps({"mean": [0.0, 1.0, 2.0], "std": [0.5, 0.25, 1e-3], "eps": 0}))
+    assert read_stats(path) == Stats((0.0, 1.0, 2.0), (0.5, 0.25, 1e-3), 0.0)
 
 
 def test_split_gives_the_leftover_to_the_largest_remainders():

@@ -147,7 +147,7 @@ def test_stage_exits_nonzero_with_one_line_and_writes_nothing(tmp_path: Path, ar
     result = subprocess.run(
         [sys.executable, "-m", "stages.download", str(out)],
         cwd=tmp_path,
-        env={**stage_env(), "PYTHONPATH": str(ROOT)},
+        env=stage_env(import_root=True),
         capture_output=True,
         text=True,
     )

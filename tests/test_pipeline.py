@@ -7,6 +7,7 @@ import csv
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,11 @@ from PIL import Image
 from cifar10.archive import load_test
 from cifar10.dataset import CLASS_NAMES
 from cifar10.framework import keras
-from tests.conftest import PER_BATCH, TEST_IMAGES, TINY_TRAIN, dvc, git, set_params
+from tests.conftest import PER_BATCH, TEST_IMAGES, TINY_TRAIN, dvc, git, run, set_params
 
 pytestmark = pytest.mark.slow
-STAGES = ("download", "normalize", "train", "evaluate", "preview")
+STAGES = ("download", "normalize", "train", "evaluate", "gate", "export", "preview")
+AFTER_TRAIN = {"train", "evaluate", "gate", "export"}  # what a new model reruns
 
 
 def ran(output: str) -> set[str]:
@@ -75,34 +77,41 @@ def test_repro_produces_every_output_and_caches(served_project: Path, archive):
     ]
     assert np.load(repo / "data/normalized/x_train.npy").dtype == np.float32
 
-    # Train: the three model files, DVCLive's per-epoch files, metrics/train.json.
+    # Train: the three model files, DVCLive's per-epoch files, metrics/train.json: three figures, no timings.
     for name in ("model.keras", "model.json", "model.weights.h5", "meta.json"):
         assert (repo / "models" / name).is_file(), name
     train_metrics = json.loads((repo / "metrics/train.json").read_text())
+    assert set(train_metrics) == {"val_accuracy", "epochs", "train_minutes"}
     assert train_metrics["epochs"] == 1 and 0 <= train_metrics["val_accuracy"] <= 1
-    assert train_metrics["images_per_second"] > 0 and train_metrics["wall_seconds"] > 0
+    training = json.loads((repo / "models/meta.json").read_text())["training"]  # speed travels with the model
+    assert training["images_per_second"] > 0 and training["wall_seconds"] > 0
+    assert train_metrics["train_minutes"] == pytest.approx(training["wall_seconds"] / 60, abs=0.01)
     with (repo / "dvclive/plots/metrics/val/accuracy.tsv").open() as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert len(rows) == 1 and float(rows[0]["accuracy"]) == pytest.approx(train_metrics["val_accuracy"])
     meta = json.loads((repo / "models/meta.json").read_text())
     assert meta["seed"] == 42 and meta["train"]["widths"] == [4, 8, 8] and meta["class_names"] == list(CLASS_NAMES)
 
-    # Evaluate: metrics consistent with the per-image predictions the confusion plot reads.
+    # Evaluate: two metrics, consistent with the per-image predictions the confusion plot reads.
     scores = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert set(scores["recall"]) == set(CLASS_NAMES) and set(scores["precision"]) == set(CLASS_NAMES)
+    assert set(scores) == {"test_accuracy", "test_loss"}
+    with (repo / "metrics/per_class.csv").open() as f:
+        per_class = {r["class"]: r for r in csv.DictReader(f)}
+    assert list(per_class) == list(CLASS_NAMES)
     with (repo / "metrics/predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == TEST_IMAGES
-    assert sum(r["actual"] == r["predicted"] for r in rows) / len(rows) == pytest.approx(scores["accuracy"])
+    assert sum(r["actual"] == r["predicted"] for r in rows) / len(rows) == pytest.approx(scores["test_accuracy"])
 
     # The confusion matrix's diagonal over its total is the accuracy.
     counts = np.zeros((10, 10), int)
     for r in rows:
         counts[CLASS_NAMES.index(r["actual"]), CLASS_NAMES.index(r["predicted"])] += 1
-    assert np.trace(counts) / counts.sum() == pytest.approx(scores["accuracy"])
+    assert np.trace(counts) / counts.sum() == pytest.approx(scores["test_accuracy"])
     for cls, i in zip(CLASS_NAMES, range(10)):
         if counts[i].sum():
-            assert scores["recall"][cls] == pytest.approx(counts[i, i] / counts[i].sum(), abs=1e-4)
+            assert float(per_class[cls]["recall"]) == pytest.approx(counts[i, i] / counts[i].sum(), abs=1e-4)
+        assert int(per_class[cls]["images"]) == counts[i].sum()
 
     # The pictures: PNGs that DVC declares as image plots.
     for name in (
@@ -112,8 +121,7 @@ def test_repro_produces_every_output_and_caches(served_project: Path, archive):
         "plots/augmented.png",
     ):
         assert (repo / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-    with Image.open(repo / "plots/evaluate/mistakes.png") as mistakes, Image.open(repo / "plots/augmented.png") as aug:
-        assert mistakes.height > mistakes.width  # a row per class (10) of 8 mistakes
+    with Image.open(repo / "plots/augmented.png") as aug:
         assert aug.width > aug.height  # 6 images, each beside 7 augmented copies
     shown = json.loads(dvc("plots", "show", "--json", cwd=repo).stdout)["data"]
     assert set(shown) >= {
@@ -125,11 +133,21 @@ def test_repro_produces_every_output_and_caches(served_project: Path, archive):
         "Accuracy",
         "Learning rate",
         "Confusion matrix (test set)",
+        "Per-class recall (test set)",
+        "Per-class precision (test set)",
     }
+    # The Vega confusion matrix has the PNG's orientation: true classes in rows, predicted in columns.
+    confusion = shown["Confusion matrix (test set)"][0]["content"]["spec"]["encoding"]
+    assert confusion["x"]["field"] == "predicted" and confusion["y"]["field"] == "actual"
+    bars = shown["Per-class recall (test set)"][0]["content"]["data"]["values"]
+    assert {b["class"]: float(b["recall"]) for b in bars} == {c: float(r["recall"]) for c, r in per_class.items()}
+    # The learning rate on an axis from 0 in exponent notation: a flat schedule looks flat.
+    rate_axis = shown["Learning rate"][0]["content"]["encoding"]["y"]
+    assert rate_axis["scale"] == {"zero": True} and rate_axis["axis"]["format"] == ".1e"
     points = shown["Loss"][0]["content"]["data"]["values"]
     assert {p["filename"] for p in points} == {"train/loss.tsv", "val/loss.tsv"}  # both curves on one chart
     val_point = next(p for p in points if p["filename"] == "val/loss.tsv")
-    assert float(val_point["loss"]) == pytest.approx(train_metrics["val_loss"])
+    assert float(val_point["loss"]) == pytest.approx(training["val_loss"])
 
     # The saved model takes raw uint8 images, and the tutorial's json + weights give the same predictions.
     test = load_test(archive[0])
@@ -152,29 +170,30 @@ def test_changing_params_reruns_exactly_the_affected_stages_and_old_params_come_
     repo = served_project
     dvc("repro", cwd=repo)
     set_params(repo, {"train": {"epochs": 2}})
-    assert ran(dvc("repro", cwd=repo).stdout) == {"train", "evaluate"}
+    assert ran(dvc("repro", cwd=repo).stdout) == AFTER_TRAIN
     two_epochs = json.loads((repo / "metrics/train.json").read_text())
     assert two_epochs["epochs"] == 2
 
     # val_size 0 ("train on all, as the tutorial did"): every stage after download reruns and succeeds.
     set_params(repo, {"normalize": {"val_size": 0}})
-    assert ran(dvc("repro", cwd=repo).stdout) == {"normalize", "train", "evaluate", "preview"}
+    assert ran(dvc("repro", cwd=repo).stdout) == {"normalize", "preview"} | AFTER_TRAIN
     no_val = json.loads((repo / "metrics/train.json").read_text())
     assert no_val["val_accuracy"] is None and no_val["epochs"] == 2
     assert json.loads((repo / "data/normalized/stats.json").read_text())["counts"] == {"train": 100, "val": 0}
-    assert 0 <= json.loads((repo / "metrics/evaluate.json").read_text())["accuracy"] <= 1
+    assert 0 <= json.loads((repo / "metrics/evaluate.json").read_text())["test_accuracy"] <= 1
 
+    # The gate reruns only if the scores changed: the batch size of inference may change the last bits.
     set_params(repo, {"evaluate": {"batch_size": 3}})
-    assert ran(dvc("repro", cwd=repo).stdout) == {"evaluate"}
+    assert ran(dvc("repro", cwd=repo).stdout) - {"gate"} == {"evaluate"}
 
     set_params(repo, {"train": {"rotation_deg": 5.0}})  # augmentation: its preview and training rerun
-    assert ran(dvc("repro", cwd=repo).stdout) == {"train", "evaluate", "preview"}
+    assert ran(dvc("repro", cwd=repo).stdout) == {"preview"} | AFTER_TRAIN
 
     # Back to params that ran before: DVC's run cache restores every stage's outputs; nothing trains.
     set_params(repo, {"normalize": {"val_size": 20}, "train": {"rotation_deg": 15.0}, "evaluate": {"batch_size": 7}})
     back = dvc("repro", cwd=repo).stdout
-    assert ran(back) == set()
-    assert restored(back) == {"normalize", "train", "evaluate", "preview"}, back
+    assert ran(back) == {"gate"}  # no outputs, so nothing to restore: it checks the restored scores again
+    assert restored(back) == {"normalize", "train", "evaluate", "export", "preview"}, back
     assert json.loads((repo / "metrics/train.json").read_text()) == two_epochs  # the first run's file, restored
     assert up_to_date(repo)
 
@@ -186,14 +205,28 @@ def test_experiments_and_metrics_diff_across_commits(served_project: Path):
     git("commit", "-qm", "baseline run", cwd=repo)
 
     exp = dvc("exp", "run", "-S", "train.epochs=2", cwd=repo)
-    assert ran(exp.stdout) == {"train", "evaluate"}
+    assert ran(exp.stdout) == AFTER_TRAIN
     shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
     experiments = [e for commit in shown for e in (commit.get("experiments") or [])]
     assert experiments, shown
     data = experiments[0]["revs"][0]["data"]
     assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == 2
     assert data["metrics"]["metrics/train.json"]["data"]["epochs"] == 2
-    assert "accuracy" in data["metrics"]["metrics/evaluate.json"]["data"]
+    assert set(data["metrics"]["metrics/evaluate.json"]["data"]) == {"test_accuracy", "test_loss"}
+
+    # The README's `exp show` fits a terminal: the metrics and the changed param, no dependency hashes.
+    table = dvc("exp", "show", "--only-changed", "--drop", "Created|.*/", "--keep", "(val|test)_accuracy", cwd=repo)
+    header = next(line for line in table.stdout.splitlines() if "Experiment" in line).split()
+    assert header == [
+        "Experiment",
+        "val_accuracy",
+        "epochs",
+        "train_minutes",
+        "test_accuracy",
+        "test_loss",
+        "train.epochs",
+    ]
+    assert max(len(line.rstrip()) for line in table.stdout.splitlines()) <= 160
 
     # The experiment's results are in the workspace: metrics diff against the committed baseline.
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)
@@ -204,6 +237,29 @@ def test_experiments_and_metrics_diff_across_commits(served_project: Path):
     points = plots["Accuracy"][0]["content"]["data"]["values"]
     assert {p["rev"] for p in points} == {"HEAD", "workspace"}
     assert len([p for p in points if p["rev"] == "workspace" and p["filename"] == "val/accuracy.tsv"]) == 2
+
+    # The review report: both diffs as Markdown tables and the key charts drawn to PNG, offline.
+    run([sys.executable, "-m", "cifar10.report", "--rev", "HEAD"], cwd=repo)
+    report = (repo / "report.md").read_text()
+    assert "## Metrics (workspace against `HEAD`)" in report
+    assert re.search(r"\| metrics/train\.json\s+\| epochs\s+\| 1\s+\| 2\s+\| 1\s+\|", report), report
+    assert re.search(r"\| params\.yaml\s+\| train\.epochs\s+\| 1\s+\| 2\s+\|", report), report
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    assert images[:3] == [
+        "report-images/accuracy.png",
+        "report-images/loss.png",
+        "report-images/per-class-recall-test-set.png",
+    ]
+    for image in images:
+        with Image.open(repo / image) as picture:
+            assert picture.format == "PNG" and picture.width > 200, image
+
+    # Offline plots: the page `dvc plots show` writes carries Vega inline and loads nothing from the network.
+    run([sys.executable, "-m", "cifar10.report", "--offline-plots"], cwd=repo)
+    page_uri = dvc("plots", "show", cwd=repo).stdout.strip().splitlines()[-1]
+    page = Path(page_uri.removeprefix("file://")).read_text()
+    assert "window.vegaEmbed=" in page and "vegaEmbed(" in page
+    assert not re.search(r"<script[^>]+src=", page), "a script still loads from elsewhere"
 
 
 def test_cached_runs_survive_exp_run_exp_apply_git_checkout_and_a_fresh_clone(served_project: Path, tmp_path: Path):
@@ -217,12 +273,12 @@ def test_cached_runs_survive_exp_run_exp_apply_git_checkout_and_a_fresh_clone(se
     one_epoch = git("rev-parse", "HEAD", cwd=repo).stdout.strip()
 
     first = dvc("exp", "run", "-n", "two", "-S", "train.epochs=2", cwd=repo)
-    assert ran(first.stdout) == {"train", "evaluate"}
+    assert ran(first.stdout) == AFTER_TRAIN
     metrics = json.loads((repo / "metrics/train.json").read_text())
     git("reset", "-q", "--hard", cwd=repo)  # back to the one-epoch commit, then the same experiment again
     dvc("checkout", cwd=repo)
     again = dvc("exp", "run", "-n", "two-again", "-S", "train.epochs=2", cwd=repo)
-    assert ran(again.stdout) == set() and restored(again.stdout) == {"train", "evaluate"}, again.stdout
+    assert ran(again.stdout) == {"gate"} and restored(again.stdout) == {"train", "evaluate", "export"}, again.stdout
     assert json.loads((repo / "metrics/train.json").read_text()) == metrics
 
     # Back to the commit, then apply the experiment: its outputs come from the cache, nothing is stale.
@@ -234,6 +290,7 @@ def test_cached_runs_survive_exp_run_exp_apply_git_checkout_and_a_fresh_clone(se
     assert up_to_date(repo) and ran(dvc("repro", cwd=repo).stdout) == set()
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "two epochs", cwd=repo)
+    git("tag", "-a", "cifar10-classifier@v1.0.0", "-m", "two epochs", cwd=repo)  # a registry version (GTO's tag)
     dvc("push", cwd=repo)
     trained_model = (repo / "models/model.keras").read_bytes()
 
@@ -242,6 +299,18 @@ def test_cached_runs_survive_exp_run_exp_apply_git_checkout_and_a_fresh_clone(se
     dvc("checkout", cwd=repo)
     assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 1
     assert up_to_date(repo) and ran(dvc("repro", cwd=repo).stdout) == set()
+
+    # The model of another revision, by name: the registry's latest version, and cifar10-predict --rev.
+    got = tmp_path / "artifact.keras"
+    dvc("artifacts", "get", str(repo), "cifar10-classifier", "-o", str(got), cwd=tmp_path)
+    assert got.read_bytes() == trained_model
+    by_version = tmp_path / "v1.keras"
+    dvc("artifacts", "get", str(repo), "cifar10-classifier@v1.0.0", "-o", str(by_version), cwd=tmp_path)
+    assert by_version.read_bytes() == trained_model
+    samples = [sys.executable, "-m", "cifar10.predict", "--test-samples", "5", "--json"]
+    by_rev = run([*samples, "--rev", "main"], cwd=repo / "metrics").stdout  # from a subfolder, too
+    assert by_rev == run([*samples, "--model", str(got)], cwd=repo).stdout
+    assert by_rev != run(samples, cwd=repo).stdout  # the workspace holds the one-epoch model
 
     # A fresh clone on another machine: pull, and the pipeline is up to date; repro trains nothing.
     clone = tmp_path / "laptop"

@@ -15,6 +15,8 @@ from tests.conftest import train_params
 
 TINY = dict(batch_size=16, widths=(4, 8, 8), lr_boundaries=(1,), lr_values=(3e-3, 1e-3))
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def tiny_data(archive):

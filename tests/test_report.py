@@ -1,0 +1,46 @@
+"""Charts that read well anywhere: DVC's specs drawn by the real Vega engine (vl-convert), with no network.
+
+The end-to-end report and offline `dvc plots show` run in tests/test_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import re
+
+import vl_convert
+from dvc_render import VegaRenderer
+
+from cifar10.report import PAGE, slug
+from tests.conftest import ROOT
+
+
+def _tick_labels(svg: str) -> list[str]:
+    return re.findall(r"<text[^>]*>([^<]+)</text>", svg)
+
+
+def test_the_learning_rate_chart_starts_at_zero_in_exponent_notation():
+    """A rate that decays from 1e-3 by 0.005% must look flat, not like a cliff over nine-decimal ticks."""
+    points = [{"step": s, "learning_rate": 1e-3 / (1 + 1e-6 * 625 * s), "rev": "workspace"} for s in range(80)]
+    renderer = VegaRenderer(
+        points,
+        "Learning rate",
+        template="learning_rate",
+        template_dir=str(ROOT / ".dvc" / "plots"),
+        x="step",
+        y="learning_rate",
+        x_label="Epoch",
+        y_label="learning_rate",
+    )
+    spec = renderer.get_filled_template()
+    labels = _tick_labels(vl_convert.vegalite_to_svg(spec))
+    rate_ticks = [t for t in labels if re.fullmatch(r"\d\.\de[+-]\d+", t)]
+    assert "0.0e+0" in rate_ticks and len(rate_ticks) >= 3, labels
+    assert not [t for t in labels if re.fullmatch(r"0\.0{4,}\d+", t)], labels  # no 0.000999955-style ticks
+
+
+def test_plot_file_names_and_the_offline_page():
+    assert slug("Per-class recall (test set)") == "per-class-recall-test-set"
+    assert slug("***") == "plot"
+    # DVC's placeholders stay, its CDN `{scripts}` goes: the page carries the bundle instead.
+    assert "{plot_divs}" in PAGE and "{refresh_tag}" in PAGE and "{scripts}" not in PAGE
+    assert "<script" in PAGE and "src=" not in PAGE
