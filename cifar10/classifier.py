@@ -2,7 +2,8 @@
 
 models/model.keras takes raw uint8 images (N, 32, 32, 3) and returns class probabilities; the
 normalization statistics are a layer inside it. Beside it: the tutorial's model.json +
-model.weights.h5, and meta.json (the resolved params, the statistics, the class names).
+model.weights.h5, and meta.json (the resolved params, the statistics, the class names and the training
+record: speed, device, final figures).
 """
 
 from __future__ import annotations

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from pathlib import Path
-
-import numpy as np
 
 from cifar10.atomic import atomic_dir, write_json
 from cifar10.dataset import CLASS_NAMES
-from cifar10.errors import DataError
-from cifar10.framework import keras, tf
+from cifar10.framework import keras
 
 MANIFEST = "manifest.json"
 SAVED_MODEL = "saved_model"
@@ -48,26 +44,3 @@ def export_model(model: keras.Model | None, folder: Path, formats: tuple[str, ..
             with contextlib.redirect_stdout(io.StringIO()):
                 model.export(str(tmp / names[fmt]), format="tf_saved_model" if fmt == "saved_model" else fmt)
     return [folder / names[fmt] for fmt in formats]
-
-
-def saved_model_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
-    """Run the SavedModel at `path` on uint8 images with TensorFlow alone (no Keras), as a server would."""
-    loaded = tf.saved_model.load(str(path))
-    return np.asarray(loaded.serve(tf.constant(images, dtype=tf.uint8)), dtype=np.float64)
-
-
-def litert_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
-    """Run the LiteRT file at `path` on uint8 images with the LiteRT interpreter, one image at a time."""
-    if not path.is_file() or os.path.getsize(path) == 0:
-        raise DataError(f"{path} is not a LiteRT file")
-    interpreter = tf.lite.Interpreter(model_path=str(path))
-    (source,) = interpreter.get_input_details()
-    (target,) = interpreter.get_output_details()
-    interpreter.resize_tensor_input(source["index"], [1, *images.shape[1:]])
-    interpreter.allocate_tensors()
-    rows = []
-    for image in images:
-        interpreter.set_tensor(source["index"], image[None].astype(source["dtype"]))
-        interpreter.invoke()
-        rows.append(interpreter.get_tensor(target["index"])[0])
-    return np.asarray(rows, dtype=np.float64)

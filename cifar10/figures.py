@@ -124,7 +124,7 @@ def mistakes_grid(
                 i = row[k]
                 ax.imshow(images[i], interpolation="nearest")
                 ax.set_title(f"{class_names[predicted[i]]} {probabilities[i, predicted[i]]:.2f}", fontsize=7)
-            elif k > 0:
+            else:  # past the end of a shorter row (column 0 always holds an image)
                 ax.axis("off")
     fig.suptitle("Most confident mistakes per true class (title: predicted class, probability)", fontsize=10)
     fig.subplots_adjust(wspace=0.05, hspace=0.45)

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import stat
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -34,6 +35,7 @@ from cifar10.archive import load_test
 from cifar10.atomic import non_regular_file_reason
 from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
 from cifar10.errors import StageError
+from cifar10.params import redact_credentials
 
 MAX_FILE_BYTES = 64 * 2**20  # larger image files are refused unread; a 50 Mpx camera JPEG is tens of MB at most
 # width x height. A few hundred bytes of PNG can declare 200 Mpx, and Pillow's own check only warns from 89 Mpx.
@@ -176,28 +178,53 @@ def repository_root(start: Path) -> Path | None:
     return None
 
 
-def fetch_model(rev: str | None, repo: str | None, into: Path) -> Path:
-    """Copy models/model.keras of git revision `rev` of `repo` (default: this repository) to `into`; return it.
+FETCH_DEADLINE_S = 600.0  # for cloning and pulling the model with DVC; a 5 MB model takes seconds
+# Runs in a child process, so the fetch has a deadline (dvc.api has none) and nothing of DVC stays loaded.
+_FETCH = """
+import sys
+import dvc.api
+path, repo, rev, target, cap = sys.argv[1], sys.argv[2] or None, sys.argv[3] or None, sys.argv[4], int(sys.argv[5])
+try:
+    with dvc.api.open(path, repo=repo, rev=rev, mode="rb") as source, open(target, "wb") as sink:
+        copied = 0
+        while chunk := source.read(2**20):
+            copied += len(chunk)
+            if copied > cap:
+                sys.exit(3)
+            sink.write(chunk)
+except Exception as exc:  # dvc raises many types: unknown revision, no remote, missing from the cache
+    print(type(exc).__name__ + ": " + " ".join(str(exc).split())[:200], file=sys.stderr)
+    sys.exit(2)
+"""
 
-    StageError in one line when DVC cannot find it there (an unknown revision, a model never pushed).
+
+def fetch_model(rev: str | None, repo: str | None, into: Path, root: Path | None) -> Path:
+    """Copy models/model.keras of git revision `rev` of `repo` (default: the repository at `root`) to `into`.
+
+    StageError in one line, with any credentials in `repo` hidden, when DVC cannot find it there (an unknown
+    revision, a model never pushed), when it is over MAX_MODEL_BYTES, or after FETCH_DEADLINE_S.
     """
-    import dvc.api  # seconds to import: only for --rev / --repo
-
     target = into / "model.keras"
+    where = f"{redact_credentials(repo) if repo else 'this repository'} at {rev or 'HEAD'}"
+    # Git and ssh must fail rather than wait for a password nobody will type.
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
+    args = [MODEL_PATH.as_posix(), repo or "", rev or "", str(target), str(MAX_MODEL_BYTES)]
     try:
-        with dvc.api.open(MODEL_PATH.as_posix(), repo=repo, rev=rev, mode="rb") as source, target.open("wb") as sink:
-            copied = 0
-            while chunk := source.read(2**20):
-                copied += len(chunk)
-                if copied > MAX_MODEL_BYTES:
-                    raise StageError(f"{MODEL_PATH} at {rev or 'HEAD'} is over {MAX_MODEL_BYTES // 2**30} GiB")
-                sink.write(chunk)
-    except StageError:
-        raise
-    except Exception as exc:  # dvc raises many types: unknown revision, no remote, missing from the cache
-        detail = " ".join(str(exc).split())[:200]
-        where = f"{repo or 'this repository'} at {rev or 'HEAD'}"
-        raise StageError(f"cannot fetch {MODEL_PATH} from {where} ({type(exc).__name__}: {detail})") from None
+        result = subprocess.run(
+            [sys.executable, "-c", _FETCH, *args],
+            cwd=root if repo is None else into,  # the path is the repository root's, wherever this runs
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=FETCH_DEADLINE_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise StageError(f"cannot fetch {MODEL_PATH} from {where}: no answer within {FETCH_DEADLINE_S:g} s") from None
+    if result.returncode == 3:
+        raise StageError(f"{MODEL_PATH} at {where} is over {MAX_MODEL_BYTES // 2**30} GiB")
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exited {result.returncode}"]
+        raise StageError(f"cannot fetch {MODEL_PATH} from {where} ({redact_credentials(lines[-1])})")
     return target
 
 
@@ -294,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         from cifar10.classifier import load_classifier, predict_probabilities
 
         with tempfile.TemporaryDirectory(prefix="cifar10-predict-") as fetched:
-            path = args.model or fetch_model(args.rev, args.repo, Path(fetched))
+            path = args.model or fetch_model(args.rev, args.repo, Path(fetched), root)
             model = load_classifier(path)
         probabilities = predict_probabilities(model, np.stack(images), batch_size=256)
     except StageError as exc:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -24,8 +23,13 @@ from pathlib import Path
 from cifar10.atomic import atomic_dir, atomic_file
 from cifar10.errors import StageError
 
-# The charts worth a look in review, in this order (ids from dvc.yaml's plots section).
-KEY_PLOTS = ("Accuracy", "Loss", "Per-class recall (test set)", "Confusion matrix (test set)")
+# The charts worth a look in review, in this order: (plot id in dvc.yaml, heading, image file name).
+KEY_PLOTS = (
+    ("Accuracy", "Accuracy", "accuracy.png"),
+    ("Loss", "Loss", "loss.png"),
+    ("metrics/per_class.csv", "Per-class recall (test set)", "per-class-recall.png"),
+    ("Confusion matrix (test set)", "Confusion matrix (test set)", "confusion-matrix.png"),
+)
 KEY_IMAGES = ("plots/evaluate/confusion.png", "plots/evaluate/mistakes.png")
 DVC_DEADLINE_S = 600.0  # per dvc command; metrics and plots of a few revisions take seconds
 OFFLINE_TEMPLATE = "tmp/plots-offline.html"  # under .dvc/ (git-ignored there); DVC resolves it from .dvc/
@@ -34,6 +38,7 @@ OFFLINE_TEMPLATE = "tmp/plots-offline.html"  # under .dvc/ (git-ignored there); 
 PAGE = """<!DOCTYPE html>
 <html>
 <head>
+    <meta charset="utf-8">
     {refresh_tag}
     <title>DVC Plot</title>
     <script type="text/javascript">__BUNDLE__</script>
@@ -63,19 +68,21 @@ def dvc(*args: str) -> str:
     return result.stdout
 
 
-def slug(name: str) -> str:
-    """A file name for a plot id: `Per-class recall (test set)` -> `per-class-recall-test-set`."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "plot"
-
-
 def render_png(spec: dict) -> bytes:
-    """Draw a Vega-Lite spec to PNG with vl-convert's bundled Vega (no browser, no network)."""
+    """Draw a Vega-Lite spec to PNG with vl-convert's bundled Vega, no browser; StageError if it cannot.
+
+    No URL may be loaded (allowed_base_urls=[]): DVC's specs carry their data inline, and a template
+    naming a URL would otherwise make the report go online, with no deadline.
+    """
     import vl_convert
 
-    return vl_convert.vegalite_to_png(spec, scale=1.5)
+    try:
+        return vl_convert.vegalite_to_png(spec, scale=1.5, allowed_base_urls=[])
+    except Exception as exc:  # vl-convert raises ValueError for a bad spec, others from its engine
+        raise StageError(f"cannot draw a chart ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
 
 
-def write_report(rev: str, out: Path) -> list[Path]:
+def write_report(rev: str, out: Path, root: Path) -> list[Path]:
     """Write `out` (Markdown) and its images in `<out stem>-images/`; return the image paths.
 
     The Markdown holds `dvc metrics diff REV --md`, `dvc params diff REV --md` and the key charts, each
@@ -83,22 +90,24 @@ def write_report(rev: str, out: Path) -> list[Path]:
     """
     metrics = dvc("metrics", "diff", rev, "--md").strip() or "No metric changed."
     params = dvc("params", "diff", rev, "--md").strip() or "No param changed."
-    plots = json.loads(dvc("plots", "diff", rev, "--json")).get("data", {})
+    try:
+        plots = json.loads(dvc("plots", "diff", rev, "--json")).get("data", {})
+    except ValueError:
+        raise StageError("dvc plots diff --json did not print JSON") from None
     images_dir = out.with_name(f"{out.stem}-images")
     images: list[Path] = []
     lines = [f"## Metrics (workspace against `{rev}`)", "", metrics, "", "## Params", "", params, "", "## Plots", ""]
     with atomic_dir(images_dir) as tmp:
-        for name in KEY_PLOTS:
-            vega = [entry for entry in plots.get(name, []) if entry.get("type") == "vega"]
+        for plot_id, name, file in KEY_PLOTS:
+            vega = [entry for entry in plots.get(plot_id, []) if entry.get("type") == "vega"]
             if not vega:
                 continue
-            file = f"{slug(name)}.png"
             (tmp / file).write_bytes(render_png(vega[0]["content"]))
             images.append(images_dir / file)
             lines += [f"### {name}", "", f"![{name}]({images_dir.name}/{file})", ""]
         for path in map(Path, KEY_IMAGES):  # the workspace's pictures
-            if path.is_file():
-                shutil.copyfile(path, tmp / path.name)
+            if (root / path).is_file():
+                shutil.copyfile(root / path, tmp / path.name)
                 images.append(images_dir / path.name)
                 lines += [f"### {path.name} (workspace)", "", f"![{path.name}]({images_dir.name}/{path.name})", ""]
     with atomic_file(out) as tmp_out:
@@ -134,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.offline_plots:
             print(f"offline plots: {write_offline_template(root / '.dvc')}; `dvc plots show` now needs no network")
             return 0
-        images = write_report(args.rev, args.out)
+        images = write_report(args.rev, args.out, root)
         print(f"report: {args.out} with {len(images)} images in {args.out.stem}-images/")
         if args.comment:
             cml = shutil.which("cml")
@@ -147,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except subprocess.SubprocessError as exc:
         print(f"error: cml comment create failed ({exc})", file=sys.stderr)
+        return 1
+    except OSError as exc:  # writing the report or its images: a full disk, a read-only folder
+        print(f"error: {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

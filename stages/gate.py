@@ -3,7 +3,7 @@ more than gate.max_drop below the accuracy recorded at the git revision gate.bas
 
 Both bars are off by default. Nothing is written: the stage passes or stops the pipeline with one line.
 The baseline is read when this stage runs, i.e. after each new evaluation or a change of the gate params;
-`dvc repro --force gate` checks again after the baseline revision has moved.
+`dvc repro --force --single-item gate` checks again after the baseline revision has moved.
 """
 
 from __future__ import annotations

@@ -166,7 +166,8 @@ def pytest_runtest_call(item):
 
 def run(cmd: list[str], cwd: Path, check: bool = True, import_root: bool = False) -> subprocess.CompletedProcess:
     """Run a command in `cwd` with the stage environment (see stage_env); on failure show its output."""
-    result = subprocess.run(cmd, cwd=cwd, env=stage_env(import_root), capture_output=True, text=True)
+    # A deadline: under `make mutation` a mutant runs inside these subprocesses, and one may hang.
+    result = subprocess.run(cmd, cwd=cwd, env=stage_env(import_root), capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result

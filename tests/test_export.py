@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar10.export import LITERT_FILE, MANIFEST, SAVED_MODEL, litert_probabilities, saved_model_probabilities
+from cifar10.export import LITERT_FILE, MANIFEST, SAVED_MODEL
+from cifar10.framework import tf
 from cifar10.model import build_inference_model, build_seed_cnn
 from cifar10.normalized import Stats
 from tests.conftest import run, train_params
@@ -22,6 +23,27 @@ pytestmark = pytest.mark.integration
 
 def run_stage(folder: Path) -> subprocess.CompletedProcess:
     return run(STAGE, folder, check=False, import_root=True)
+
+
+def saved_model_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
+    """Run the SavedModel at `path` on uint8 images with TensorFlow alone (no Keras), as a server would."""
+    loaded = tf.saved_model.load(str(path))
+    return np.asarray(loaded.serve(tf.constant(images, dtype=tf.uint8)), dtype=np.float64)
+
+
+def litert_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
+    """Run the LiteRT file at `path` on uint8 images with the LiteRT interpreter, one image at a time."""
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    (source,) = interpreter.get_input_details()
+    (target,) = interpreter.get_output_details()
+    interpreter.resize_tensor_input(source["index"], [1, *images.shape[1:]])
+    interpreter.allocate_tensors()
+    rows = []
+    for image in images:
+        interpreter.set_tensor(source["index"], image[None].astype(source["dtype"]))
+        interpreter.invoke()
+        rows.append(interpreter.get_tensor(target["index"])[0])
+    return np.asarray(rows, dtype=np.float64)
 
 
 @pytest.fixture(scope="module")

@@ -192,12 +192,24 @@ def test_outside_a_repository_it_says_what_to_pass(tmp_path: Path, monkeypatch, 
 
 
 def test_a_revision_dvc_cannot_find_is_one_line(tmp_path: Path, saved_model: Path, monkeypatch, capsys):
+    from tests.conftest import dvc, git
+
     repo = _repository(tmp_path, saved_model)
+    git("init", "-q", "-b", "main", cwd=repo)
+    dvc("init", "-q", cwd=repo)
+    git("add", "dvc.yaml", ".dvc", cwd=repo)
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "empty", cwd=repo)
     png, _ = _images(tmp_path)
-    monkeypatch.chdir(repo)
-    assert predict_main([str(png), "--repo", str(repo), "--rev", "no-such-rev"]) == 1
+    monkeypatch.chdir(repo / "plots/deep")
+    assert predict_main([str(png), "--rev", "no-such-rev"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: cannot fetch models/model.keras from {repo} at no-such-rev (") and "\n" not in err
+    assert err.startswith("error: cannot fetch models/model.keras from this repository at no-such-rev (")
+    assert "unknown Git revision 'no-such-rev'" in err and "\n" not in err
+    # A repository URL with credentials: they never reach the message (port 9 refuses at once).
+    assert predict_main([str(png), "--repo", "https://user:s3cret@127.0.0.1:9/x.git", "--rev", "v1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot fetch models/model.keras from https://***@127.0.0.1:9/x.git at v1 (")
+    assert "s3cret" not in err and "\n" not in err
 
 
 @pytest.mark.integration

@@ -27,6 +27,10 @@ def test_the_floor_fails_below_and_passes_at_it():
 
 def test_the_baseline_allows_exactly_max_drop():
     assert check_gate(0.875, gate(rev="main", drop=0.125), 1.0).startswith("gate: test accuracy 0.8750 passes (main")
+    # Not exact in binary: 0.5016 - 0.02 < 0.4816 in floating point, yet the drop is exactly max_drop.
+    assert check_gate(0.4816, gate(rev="main", drop=0.02), 0.5016).startswith("gate: test accuracy 0.4816 passes")
+    with pytest.raises(StageError, match=r"is 0.0201 below main's 0.5016"):
+        check_gate(0.4815, gate(rev="main", drop=0.02), 0.5016)
     with pytest.raises(StageError, match=r"is 0.1260 below main's 1.0000, more than gate.max_drop 0.125$"):
         check_gate(0.874, gate(rev="main", drop=0.125), 1.0)
     # Both bars are checked: passing one does not excuse the other.
@@ -77,6 +81,8 @@ def test_the_baseline_is_read_from_the_revision_not_the_workspace(history: Path,
     assert baseline_accuracy("HEAD", Path("metrics/evaluate.json")) == 0.5
     with pytest.raises(StageError, match=r"^gate.baseline_rev 'nope': cannot read metrics/evaluate.json there: "):
         baseline_accuracy("nope", Path("metrics/evaluate.json"))
+    with pytest.raises(StageError, match=r"there: a revision cannot start with '-'$"):
+        baseline_accuracy("--output=x", Path("metrics/evaluate.json"))
 
 
 def test_the_stage_stops_the_pipeline_with_one_line(history: Path):

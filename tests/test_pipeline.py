@@ -133,13 +133,16 @@ def test_repro_produces_every_output_and_caches(served_project: Path, archive):
         "Accuracy",
         "Learning rate",
         "Confusion matrix (test set)",
-        "Per-class recall (test set)",
+        "metrics/per_class.csv",  # drawn as the per-class recall chart (dvc.yaml)
         "Per-class precision (test set)",
     }
     # The Vega confusion matrix has the PNG's orientation: true classes in rows, predicted in columns.
     confusion = shown["Confusion matrix (test set)"][0]["content"]["spec"]["encoding"]
     assert confusion["x"]["field"] == "predicted" and confusion["y"]["field"] == "actual"
-    bars = shown["Per-class recall (test set)"][0]["content"]["data"]["values"]
+    assert len(shown) == 10  # each chart once: the per-class file is not drawn a second time as a line
+    recall_chart = shown["metrics/per_class.csv"][0]["content"]
+    assert recall_chart["title"]["text"] == "Per-class recall (test set)" and recall_chart["mark"]["type"] == "bar"
+    bars = recall_chart["data"]["values"]
     assert {b["class"]: float(b["recall"]) for b in bars} == {c: float(r["recall"]) for c, r in per_class.items()}
     # The learning rate on an axis from 0 in exponent notation: a flat schedule looks flat.
     rate_axis = shown["Learning rate"][0]["content"]["encoding"]["y"]
@@ -197,6 +200,13 @@ def test_changing_params_reruns_exactly_the_affected_stages_and_old_params_come_
     assert json.loads((repo / "metrics/train.json").read_text()) == two_epochs  # the first run's file, restored
     assert up_to_date(repo)
 
+    # The gate: a floor above the accuracy reached stops `dvc repro` with the stage's one line; nothing else runs.
+    set_params(repo, {"gate": {"min_test_accuracy": 1.0}})
+    stopped = dvc("repro", cwd=repo, check=False)
+    assert stopped.returncode != 0 and ran(stopped.stdout) == {"gate"}
+    gate_lines = [line for line in stopped.stderr.splitlines() if line.startswith("error: gate:")]
+    assert len(gate_lines) == 1 and gate_lines[0].endswith("is below gate.min_test_accuracy 1.0000"), stopped.stderr
+
 
 def test_experiments_and_metrics_diff_across_commits(served_project: Path):
     repo = served_project
@@ -245,11 +255,7 @@ def test_experiments_and_metrics_diff_across_commits(served_project: Path):
     assert re.search(r"\| metrics/train\.json\s+\| epochs\s+\| 1\s+\| 2\s+\| 1\s+\|", report), report
     assert re.search(r"\| params\.yaml\s+\| train\.epochs\s+\| 1\s+\| 2\s+\|", report), report
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
-    assert images[:3] == [
-        "report-images/accuracy.png",
-        "report-images/loss.png",
-        "report-images/per-class-recall-test-set.png",
-    ]
+    assert images[:3] == ["report-images/accuracy.png", "report-images/loss.png", "report-images/per-class-recall.png"]
     for image in images:
         with Image.open(repo / image) as picture:
             assert picture.format == "PNG" and picture.width > 200, image
@@ -305,7 +311,7 @@ def test_cached_runs_survive_exp_run_exp_apply_git_checkout_and_a_fresh_clone(se
     dvc("artifacts", "get", str(repo), "cifar10-classifier", "-o", str(got), cwd=tmp_path)
     assert got.read_bytes() == trained_model
     by_version = tmp_path / "v1.keras"
-    dvc("artifacts", "get", str(repo), "cifar10-classifier@v1.0.0", "-o", str(by_version), cwd=tmp_path)
+    dvc("artifacts", "get", str(repo), "cifar10-classifier", "--rev", "v1.0.0", "-o", str(by_version), cwd=tmp_path)
     assert by_version.read_bytes() == trained_model
     samples = [sys.executable, "-m", "cifar10.predict", "--test-samples", "5", "--json"]
     by_rev = run([*samples, "--rev", "main"], cwd=repo / "metrics").stdout  # from a subfolder, too

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import vl_convert
 from dvc_render import VegaRenderer
 
-from cifar10.report import PAGE, slug
+from cifar10.errors import StageError
+from cifar10.report import PAGE, render_png
 from tests.conftest import ROOT
 
 
@@ -38,9 +40,17 @@ def test_the_learning_rate_chart_starts_at_zero_in_exponent_notation():
     assert not [t for t in labels if re.fullmatch(r"0\.0{4,}\d+", t)], labels  # no 0.000999955-style ticks
 
 
-def test_plot_file_names_and_the_offline_page():
-    assert slug("Per-class recall (test set)") == "per-class-recall-test-set"
-    assert slug("***") == "plot"
-    # DVC's placeholders stay, its CDN `{scripts}` goes: the page carries the bundle instead.
+def test_the_offline_page_keeps_dvcs_placeholders_and_carries_its_scripts():
+    # DVC's placeholders stay, its CDN `{scripts}` goes: the page carries the bundle instead, as UTF-8.
     assert "{plot_divs}" in PAGE and "{refresh_tag}" in PAGE and "{scripts}" not in PAGE
-    assert "<script" in PAGE and "src=" not in PAGE
+    assert '<meta charset="utf-8">' in PAGE and "src=" not in PAGE
+
+
+def test_a_chart_that_would_load_a_url_is_refused_not_fetched():
+    spec = {
+        "data": {"url": "data/cars.json"},  # relative: Vega would resolve it against vega-datasets online
+        "mark": "point",
+        "encoding": {"x": {"field": "Horsepower", "type": "quantitative"}},
+    }
+    with pytest.raises(StageError, match=r"^cannot draw a chart \("):
+        render_png(spec)
