@@ -72,3 +72,97 @@ def test_an_edit_to_the_library_changes_the_fingerprint(tmp_path, monkeypatch):
     (copy / "input_pipeline.py").write_text((copy / "input_pipeline.py").read_text() + "\n# an edit\n")
     monkeypatch.setattr(checkpoint, "LIBRARY", copy)
     assert fingerprint(params, 42, arrays, BASE_STATS) != base
+
+
+# --- Saving and resuming ----------------------------------------------------------------------------------------
+
+
+def _trained_model(seed: int = 1):
+    """A tiny compiled network after one optimizer step, with its dropout generators moved off their start."""
+    from cifar10.framework import keras
+    from cifar10.model import build_seed_cnn, make_optimizer
+
+    params = train_params(widths=(4, 4, 4), dropout=(0.5, 0.5, 0.5))
+    model = build_seed_cnn(params, seed)
+    model.compile(optimizer=make_optimizer(params, 10), loss=keras.losses.SparseCategoricalCrossentropy())
+    arrays = _arrays()
+    model.fit(arrays["x_train"], arrays["y_train"], batch_size=6, epochs=1, verbose=0)
+    return model
+
+
+def test_a_saved_checkpoint_resumes_weights_optimizer_dropout_state_and_logs(tmp_path):
+    model = _trained_model()
+    states = checkpoint._seed_states(model)
+    assert len(states) == 3  # one generator per dropout layer
+    for k, variable in enumerate(states):
+        variable.assign(np.asarray([k + 5, 7 * k + 1], dtype=variable.dtype))  # Keras' loader would reset them
+    history = {"loss": [2.0, 1.5], "accuracy": [0.1, 0.2]}
+    checkpoint.save_checkpoint(tmp_path / "ck", model, 2, history, [3.5, 2.25], "fp-1")
+
+    state = __import__("json").loads((tmp_path / "ck" / checkpoint.STATE_FILE).read_text())
+    assert state == {
+        "epochs_done": 2,
+        "fingerprint": "fp-1",
+        "history": history,
+        "epoch_seconds": [3.5, 2.25],
+        "seed_states": [[5, 1], [6, 8], [7, 15]],
+    }
+    resume = checkpoint.load_checkpoint(tmp_path / "ck", "fp-1", epochs=2)  # done == epochs: resumable
+    assert (resume.epochs_done, resume.history, resume.epoch_seconds) == (2, history, [3.5, 2.25])
+    assert resume.reason == "resuming after epoch 2 of 2"
+    for saved, loaded in zip(model.weights, resume.model.weights):
+        assert np.array_equal(np.asarray(saved), np.asarray(loaded)), saved.path
+    assert int(resume.model.optimizer.iterations) == int(model.optimizer.iterations) == 1
+    assert [np.asarray(v).tolist() for v in checkpoint._seed_states(resume.model)] == [[5, 1], [6, 8], [7, 15]]
+
+
+def test_a_checkpoint_that_does_not_fit_the_run_is_not_resumed(tmp_path):
+    folder = tmp_path / "ck"
+    assert checkpoint.load_checkpoint(folder, "fp", 3).reason == "no checkpoint, starting at epoch 1"
+    checkpoint.save_checkpoint(folder, _trained_model(), 2, {"loss": [2.0, 1.5]}, [1.0, 1.0], "fp")
+    other = checkpoint.load_checkpoint(folder, "another run", 3)
+    assert other.model is None and other.reason == checkpoint.CHANGED
+    shorter = checkpoint.load_checkpoint(folder, "fp", 1)
+    assert shorter.model is None
+    assert shorter.reason == "checkpoint is at epoch 2, past train.epochs=1, starting fresh"
+    assert (shorter.epochs_done, shorter.history, shorter.epoch_seconds) == (0, {}, [])
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda s: {**s, "epoch_seconds": [1.0]}, "ValueError('history and timings do not cover the 2 epochs done')"),
+        (lambda s: {**s, "history": {"loss": [2.0]}}, "ValueError('history and timings do not cover the 2 epochs done')"),
+        (lambda s: {**s, "history": {"loss": 2.0}}, "ValueError('history and timings do not cover the 2 epochs done')"),
+        (lambda s: {**s, "history": [[2.0, 1.5]]}, "ValueError('history and timings do not cover the 2 epochs done')"),
+        (lambda s: {**s, "epoch_seconds": "1.0 1.0"}, "ValueError('history and timings do not cover the 2 epochs done')"),
+        (lambda s: {k: v for k, v in s.items() if k != "history"}, "KeyError('history')"),
+        (lambda s: {**s, "epochs_done": "two"}, "ValueError(\"invalid literal for int() with base 10: 'two'\")"),
+    ],
+    ids=["timings", "history", "history-not-list", "history-not-dict", "timings-not-list", "no-history", "done"],
+)
+def test_a_damaged_state_file_starts_fresh_and_says_why(tmp_path, edit, reason):
+    import json
+
+    folder = tmp_path / "ck"
+    checkpoint.save_checkpoint(folder, _trained_model(), 2, {"loss": [2.0, 1.5]}, [1.0, 1.0], "fp")
+    state = json.loads((folder / checkpoint.STATE_FILE).read_text())
+    (folder / checkpoint.STATE_FILE).write_text(json.dumps(edit(state)))
+    resume = checkpoint.load_checkpoint(folder, "fp", 5)
+    assert resume.model is None and resume.reason == f"checkpoint unreadable ({reason}), starting fresh"
+
+
+def test_a_damaged_model_file_or_missing_seed_states_start_fresh(tmp_path):
+    import json
+
+    folder = tmp_path / "ck"
+    checkpoint.save_checkpoint(folder, _trained_model(), 1, {"loss": [2.0]}, [1.0], "fp")
+    state = json.loads((folder / checkpoint.STATE_FILE).read_text())
+    (folder / checkpoint.STATE_FILE).write_text(json.dumps({**state, "seed_states": state["seed_states"][:2]}))
+    resume = checkpoint.load_checkpoint(folder, "fp", 5)
+    assert resume.model is None and resume.reason == "checkpoint model unreadable (ValueError), starting fresh"
+    (folder / checkpoint.MODEL_FILE).write_bytes(b"PK\x03\x04 not a model")
+    resume = checkpoint.load_checkpoint(folder, "fp", 5)
+    assert resume.model is None and resume.reason.startswith("checkpoint model unreadable (")
+    (folder / checkpoint.STATE_FILE).write_text("{not json")
+    assert checkpoint.load_checkpoint(folder, "fp", 5).reason.startswith("checkpoint unreadable (JSONDecodeError(")

@@ -162,3 +162,42 @@ def test_each_epoch_visits_every_image_once_and_resume_matches():
     assert all(np.array_equal(by, (bx.astype(int) % 10)) for bx, by in batches)  # labels travel with images
     resumed = [bx.numpy()[:, 0, 0, 0] for bx, _ in train_dataset(x, y, params, seed=7, start_epoch=2)]
     assert np.array_equal(np.concatenate(resumed), orders[2])
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "adam", "sgd"])
+def test_each_optimizer_is_the_named_one_on_the_schedule(name):
+    from cifar10.framework import keras
+    from cifar10.model import StepTimeDecay, make_optimizer
+
+    params = train_params(optimizer=name, lr_boundaries=(2, 5), lr_values=(1e-2, 1e-3, 1e-4), lr_decay=0.0)
+    optimizer = make_optimizer(params, steps_per_epoch=10)
+    expected = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
+    assert type(optimizer) is expected[name]
+    schedule = optimizer._learning_rate
+    assert isinstance(schedule, StepTimeDecay) and schedule.boundaries == [20, 50]  # epochs x steps per epoch
+    if name == "sgd":
+        assert optimizer.momentum == 0.9 and optimizer.nesterov is True
+    if name == "rmsprop":  # Keras 2's defaults, which the tutorial ran with
+        assert optimizer.rho == 0.9 and optimizer.epsilon == 1e-7
+
+
+def test_the_schedule_survives_a_save_and_load_through_its_config():
+    from cifar10.model import StepTimeDecay
+
+    schedule = StepTimeDecay([20, 50], [1e-2, 1e-3, 1e-4], 1e-6)
+    assert schedule.get_config() == {"boundaries": [20, 50], "values": [1e-2, 1e-3, 1e-4], "decay": 1e-6}
+    again = StepTimeDecay.from_config(schedule.get_config())
+    for step in (0, 19, 20, 49, 50, 1000):
+        assert float(again(step)) == float(schedule(step))
+
+
+def test_validation_batches_keep_the_order_and_every_image():
+    from cifar10.input_pipeline import eval_dataset
+
+    images = np.arange(7 * 32 * 32 * 3, dtype=np.float32).reshape(7, 32, 32, 3)
+    labels = np.array([3, 1, 4, 1, 5, 9, 2], np.uint8)
+    batches = list(eval_dataset(images, labels, batch_size=3).as_numpy_iterator())
+    assert [len(y) for _, y in batches] == [3, 3, 1]
+    assert np.array_equal(np.concatenate([x for x, _ in batches]), images)
+    assert np.concatenate([y for _, y in batches]).tolist() == labels.tolist()
+    assert batches[0][1].dtype == np.int32
