@@ -127,3 +127,22 @@ def test_the_per_class_file_is_the_table_the_bar_charts_read(tmp_path: Path):
         "cat,4,1.0,0.75",
         "dog,2,0.6667,1.0",
     ]
+
+
+def test_per_class_scores_warn_about_nothing_and_count_a_single_image():
+    import warnings
+
+    counts = np.array([[1, 0, 0], [0, 0, 0], [0, 1, 2]])  # class a: one image, right; class b: none, predicted once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0/0 for the empty class must not warn (nor become NaN)
+        rows = per_class_scores(counts, NAMES)
+    assert [r["recall"] for r in rows] == [1.0, 0.0, 0.6667]
+    assert [r["precision"] for r in rows] == [1.0, 0.0, 1.0]
+
+
+def test_a_probability_a_hair_above_one_never_makes_the_loss_negative():
+    probabilities = np.array([[1.0 + 1e-12, 0.0], [0.5, 0.5]])
+    labels = np.array([0, 1])
+    scores = score_predictions(probabilities, labels, confusion_matrix(labels, probabilities.argmax(axis=1), 2))
+    assert scores["test_loss"] == pytest.approx(-np.log(0.5) / 2, rel=1e-12)
+    assert scores["test_loss"] > 0

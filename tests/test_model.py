@@ -111,12 +111,17 @@ def test_rotation_is_the_drawn_angle_in_degrees_about_the_image_centre():
     xs, ys = grid[INNER, INNER, 0].ravel(), grid[INNER, INNER, 1].ravel()
     design = np.stack([xs, ys, np.ones_like(xs)], axis=1)
     for k in range(batch):
-        # Each output pixel samples the input at its position rotated about the centre: a linear map of (x, y).
+        # Each output pixel samples the input at its position rotated about the centre: a linear map of (x, y),
+        # exact on ramps (bilinear sampling of a linear image is linear), so the fit is tight.
         (a, b, c), *_ = np.linalg.lstsq(design, out[k, INNER, INNER, 0].ravel(), rcond=None)
+        (d, e, f), *_ = np.linalg.lstsq(design, out[k, INNER, INNER, 1].ravel(), rcond=None)
         angle = np.degrees(np.arctan2(-b, a))
         assert angle == pytest.approx(degrees[k], abs=0.05)  # degrees, not radians: |angle| <= 15
         assert abs(angle) <= 15.0
-        assert c == pytest.approx(centre - a * centre - b * centre, abs=0.05)  # the centre stays in place
+        assert (d, e) == (pytest.approx(-b, abs=1e-3), pytest.approx(a, abs=1e-3))  # the same rotation for y
+        # The centre stays in place, in both coordinates (a centre off by one pixel moves it by 1 - cos, or sin).
+        assert c == pytest.approx(centre - a * centre - b * centre, abs=2e-3)
+        assert f == pytest.approx(centre - d * centre - e * centre, abs=2e-3)
         assert np.hypot(a, b) == pytest.approx(1.0, abs=1e-3)  # no scaling
     assert len({round(float(d), 3) for d in degrees}) == batch  # one draw per image
 
@@ -201,3 +206,31 @@ def test_validation_batches_keep_the_order_and_every_image():
     assert np.array_equal(np.concatenate([x for x, _ in batches]), images)
     assert np.concatenate([y for _, y in batches]).tolist() == labels.tolist()
     assert batches[0][1].dtype == np.int32
+
+
+@pytest.mark.parametrize(("fill_mode", "corner"), [("nearest", 1.0), ("constant", 0.0)])
+def test_pixels_brought_in_by_a_rotation_follow_fill_mode(fill_mode, corner):
+    params = train_params(rotation_deg=180.0, shift=0.0, flip=False, fill_mode=fill_mode)
+    images = tf.ones((8, 32, 32, 1))
+    out = augment_batch(images, tf.constant(2), seed=4, params=params).numpy()
+    degrees = _draws("rotation", 4, 2, 8, -180.0, 180.0)
+    k = int(np.argmin(np.abs(np.abs(degrees) - 45)))  # the draw nearest 45 degrees: its corners come from outside
+    assert 20 < abs(degrees[k]) < 70
+    assert out[k, 0, 0, 0] == pytest.approx(corner, abs=1e-6)
+
+
+def test_the_training_stream_depends_on_the_seed_and_numbers_steps_across_epochs():
+    n, params = 16, train_params(epochs=2, batch_size=8, rotation_deg=0.0, shift=0.0, flip=True)
+    ramp = np.broadcast_to(np.arange(32, dtype=np.float32)[None, :, None], (32, 32, 3))
+    x = np.stack([i * 100.0 + ramp for i in range(n)]).astype(np.float32)  # mean i * 100 + 15.5, flip or not
+    y = (np.arange(n) % 10).astype(np.uint8)
+    first = [(bx.numpy(), by.numpy()) for bx, by in train_dataset(x, y, params, seed=7)]
+    other_seed = [by.numpy() for _, by in train_dataset(x, y, params, seed=8)]
+    assert all(by.dtype == np.int32 for _, by in first)
+    assert not all(np.array_equal(a[1], b) for a, b in zip(first, other_seed))  # the shuffle follows the seed
+    # Batch i of epoch e is augmented at step e * steps + i, with the run's seed: epoch 2's second batch is step 3.
+    images = first[3][0]
+    idx = np.rint((images.mean(axis=(1, 2, 3)) - 15.5) / 100.0).astype(int)
+    expected = augment_batch(tf.constant(x[idx]), tf.constant(3), seed=7, params=params).numpy()
+    assert np.array_equal(images, expected)
+    assert not np.array_equal(expected, augment_batch(tf.constant(x[idx]), tf.constant(1), seed=7, params=params))

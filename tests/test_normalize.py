@@ -48,8 +48,12 @@ def test_split_rounding_and_zero():
 
 
 def test_split_larger_than_training_set_is_refused():
-    with pytest.raises(DataError, match="normalize.val_size must leave at least one training image, got 100 of 100"):
+    with pytest.raises(DataError) as info:
         stratified_split(np.arange(10).repeat(10), 100, seed=0)
+    assert str(info.value) == (
+        "normalize.val_size must leave at least one training image, got 100 of 100; "
+        "lower it for a small archive (-S normalize.val_size=N)"
+    )
 
 
 def test_global_and_per_channel_stats():
@@ -266,3 +270,24 @@ def test_normalization_round_trips_for_any_images(images, per_channel):
         return  # no spread to divide by; compute_stats refuses such images (tested above)
     stats = compute_stats(images, "per_channel" if per_channel else "global", 1e-7)
     assert np.array_equal(denormalize_images(normalize_images(images, stats), stats), images)
+
+
+def test_tied_remainders_go_to_the_lower_class_index():
+    """With more than 16 classes numpy's default sort is not stable; the split must not depend on it."""
+    counts = [1, 1, 4, 4, 4, 3, 4, 2, 2, 4, 1, 2, 1, 2, 4, 1, 2]  # 42 images, 17 classes
+    labels = np.repeat(np.arange(17), counts)
+    _, val_idx = stratified_split(labels, 17, seed=0)
+    per_class = np.bincount(labels[val_idx], minlength=17).tolist()
+    # Classes 2, 3, 4, 6, 9 and 14 tie (4 images: 17 * 4 / 42 = 1.62); the leftover goes to 2, 3, 4, 6, 9.
+    assert per_class == [0, 0, 2, 2, 2, 1, 2, 1, 1, 2, 0, 1, 0, 1, 1, 0, 1]
+
+
+def test_statistics_refuse_images_without_variance_and_accept_a_small_one():
+    flat = np.full((4, 32, 32, 3), 7, np.uint8)
+    with pytest.raises(DataError) as info:
+        compute_stats(flat, "global", 1e-7)
+    assert str(info.value) == "training images have zero pixel variance (std [0.0]); cannot normalize"
+    with pytest.raises(DataError, match=r"zero pixel variance \(std \[0.5, 0.0, 0.5\]\)"):
+        compute_stats(np.concatenate([flat, flat + 1]) * np.array([1, 0, 1], np.uint8), "per_channel", 1e-7)
+    almost_flat = np.concatenate([flat, flat + 1])  # pixel std 0.5: small, but an image set that can be normalized
+    assert compute_stats(almost_flat, "global", 1e-7).std == (0.5,)
