@@ -5,8 +5,9 @@
     model.tflite  LiteRT (TensorFlow Lite) flatbuffer, same input and output
 
 Each is the .keras model itself, normalization layer included, so it takes raw RGB images as they are.
-ONNX is not offered: Keras exports it through tf2onnx, which the package index this project installs
-from does not carry (and which pins an older protobuf than TensorFlow 2.21).
+ONNX is not offered yet: Keras exports it through tf2onnx, and tf2onnx 1.17 turns this model's
+normalization layer's mean and variance into two extra graph inputs, so onnxruntime refuses to run the
+file on images alone (tried: `model.export(path, format="onnx")`, then an InferenceSession).
 """
 
 from __future__ import annotations
