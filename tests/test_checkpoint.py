@@ -169,3 +169,11 @@ def test_a_damaged_model_file_or_missing_seed_states_start_fresh(tmp_path):
     assert resume.model is None and resume.reason.startswith("checkpoint model unreadable (")
     (folder / checkpoint.STATE_FILE).write_text("{not json")
     assert checkpoint.load_checkpoint(folder, "fp", 5).reason.startswith("checkpoint unreadable (JSONDecodeError(")
+
+
+def test_a_tensorflow_or_keras_upgrade_changes_the_code_digest(monkeypatch):
+    before = checkpoint.code_digest()
+    monkeypatch.setattr(checkpoint.tf, "__version__", "0.0.0-other")
+    after_tf = checkpoint.code_digest()
+    monkeypatch.setattr(checkpoint.keras, "__version__", "0.0.0-other")
+    assert len({before, after_tf, checkpoint.code_digest()}) == 3

@@ -234,3 +234,11 @@ def test_the_training_stream_depends_on_the_seed_and_numbers_steps_across_epochs
     expected = augment_batch(tf.constant(x[idx]), tf.constant(3), seed=7, params=params).numpy()
     assert np.array_equal(images, expected)
     assert not np.array_equal(expected, augment_batch(tf.constant(x[idx]), tf.constant(1), seed=7, params=params))
+
+
+def test_flip_mirrors_about_half_of_the_images():
+    params = train_params(rotation_deg=0, shift=0, flip=True)
+    x = np.broadcast_to(np.arange(32, dtype=np.float32)[None, None, :, None], (2000, 32, 32, 1))
+    out = augment_batch(tf.constant(x), tf.constant(9), seed=3, params=params).numpy()
+    mirrored = int(np.sum(out[:, 0, 0, 0] == 31.0))
+    assert 900 <= mirrored <= 1100  # a fair coin: 1000 +- 4.5 standard deviations
