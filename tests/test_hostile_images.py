@@ -405,7 +405,12 @@ def test_evaluate_refuses_in_one_line_and_writes_nothing(case: str, tmp_path: Pa
         archive = _archive_with_test_images(tmp_path / "a.tar.gz", 3)
         model = _save_model(tmp_path / "nan.keras", np.full((3, 10), np.nan))
         line = "error: the model's output holds NaN or infinity; its weights are damaged or it diverged"
-    outputs = [tmp_path / "metrics.json", tmp_path / "predictions.csv", tmp_path / "figures"]
+    outputs = [
+        tmp_path / "metrics.json",
+        tmp_path / "predictions.csv",
+        tmp_path / "per_class.csv",
+        tmp_path / "figures",
+    ]
     result = run_limited(
         [sys.executable, "-m", "stages.evaluate", str(model), str(archive), *map(str, outputs)]
         + ["--params", str(ROOT / "params.yaml")],
