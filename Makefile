@@ -28,7 +28,7 @@ test-fast: $(STAMP)  ## unit tests only, without the end-to-end dvc runs
 benchmark: $(STAMP)  ## the train stage against the tutorial's own script, same data, arms alternated
 	python benchmarks/compare_tutorial.py
 
-mutation: $(STAMP)  ## mutation testing of the library's core against its unit tests (about an hour: not part of CI)
+mutation: $(STAMP)  ## mutation testing of the library's core against its unit tests (hours on 2 cores: not part of CI)
 	rm -rf mutants
 	python -m mutmut run --max-children 2
 	python -m mutmut results
