@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from cifar10.archive import load_test
-from cifar10.atomic import non_regular_file_reason
+from cifar10.atomic import NO_SUCH_FILE, non_regular_file_reason
 from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
 from cifar10.errors import StageError
 from cifar10.params import redact_credentials
@@ -154,9 +154,15 @@ def load_image(path: Path) -> np.ndarray:
 def load_test_samples(archive: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Return the first `count` images and labels of the archive's test batch (fewer if it holds fewer).
 
-    StageError if the archive is not a regular file or its test batch holds no images.
+    StageError if the archive is missing (saying how to get it), is not a regular file, or its test batch
+    holds no images.
     """
     reason = non_regular_file_reason(archive)
+    if reason == NO_SUCH_FILE:  # e.g. after `dvc pull models` alone
+        raise StageError(
+            f"{archive} not found; --test-samples reads the archive's test batch: fetch it with "
+            "`dvc pull download` (or `dvc repro download`), or pass --archive PATH"
+        )
     if reason:
         raise StageError(f"{archive}: {reason}")
     test = load_test(archive)
@@ -301,11 +307,6 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
     if args.test_samples > 0:
         try:
-            if not args.archive.exists():
-                raise StageError(
-                    f"{args.archive} not found; --test-samples reads the archive's test batch: fetch it with "
-                    "`dvc pull download` (or `dvc repro download`), or pass --archive PATH"
-                )
             samples, labels = load_test_samples(args.archive, args.test_samples)
         except StageError as exc:
             print(f"error: {exc}", file=sys.stderr)
