@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+import cifar10.augmentation  # noqa: F401  (registers the augmentation layer inside a checkpoint's model)
 import cifar10.model  # noqa: F401  (registers the learning-rate schedule that a checkpoint's optimizer names)
 from cifar10.atomic import atomic_dir, write_json
 from cifar10.framework import keras, tf
@@ -29,13 +30,14 @@ LIBRARY = Path(__file__).resolve().parent  # cifar10/: the code a training run e
 
 
 def code_digest(library: Path | None = None) -> str:
-    """Return a hash of the library's source files and the Keras and TensorFlow versions.
+    """Return a hash of the library's source files, the Keras backend and the Keras and TensorFlow versions.
 
     An edit anywhere in cifar10/ makes DVC rerun train only if train depends on the file, and then a
     checkpoint written by the old code must not be resumed as if nothing changed (a finished one would be
     exported as the new code's model). Hashing the whole package errs on the side of starting fresh.
     """
-    digest = hashlib.sha256(f"keras {keras.__version__} tensorflow {getattr(tf, '__version__', None)}".encode())
+    versions = f"keras {keras.__version__} {keras.backend.backend()} tensorflow {getattr(tf, '__version__', None)}"
+    digest = hashlib.sha256(versions.encode())
     for path in sorted((library or LIBRARY).glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()

@@ -64,4 +64,16 @@ with filtered_stderr():
     else:
         tf.config.list_physical_devices()  # platform start-up (the CUDA probe) happens here, inside the filter
 
-__all__ = ["keras", "tf"]
+
+def accelerator() -> str:
+    """Return "GPU" if the Keras backend computes on a GPU, else "CPU"."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return "GPU" if jax.default_backend() == "gpu" else "CPU"
+    if tf is not None:
+        return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    return "CPU"
+
+
+__all__ = ["accelerator", "keras", "tf"]

@@ -15,6 +15,7 @@ from cifar10.seeds import stream_seed
 
 # Keras dtype policy for each train.mixed_precision value: variables stay float32, compute goes low-precision.
 DTYPE_POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+CORE_NAME = "cifar10_cnn"  # the network's name inside the training and inference models
 
 
 def build_seed_cnn(
@@ -48,7 +49,7 @@ def build_seed_cnn(
     x = layers.Flatten(dtype=dtype, name="flatten")(x)
     x = layers.Dense(num_classes, dtype=dtype, name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="cifar10_cnn")
+    return keras.Model(inputs, outputs, name=CORE_NAME)
 
 
 def build_inference_model(core: keras.Model, stats: Stats) -> keras.Model:

@@ -290,6 +290,27 @@ class ExportParams:
         )
 
 
+MAX_DEVICES = 64  # GPUs named in resources.devices
+
+
+@dataclass(frozen=True)
+class ResourceParams:
+    """Where train and evaluate run, not what they compute: no stage declares this section as a dependency,
+    so moving a run to another GPU never makes DVC retrain."""
+
+    devices: tuple[int, ...]  # GPU indices (as nvidia-smi numbers them), each 0..1023 once; () = every GPU
+
+    def __post_init__(self) -> None:
+        _check(
+            len(self.devices) <= MAX_DEVICES
+            and len(set(self.devices)) == len(self.devices)
+            and all(0 <= d <= 1023 for d in self.devices),
+            "resources.devices",
+            f"must list up to {MAX_DEVICES} GPU indices, each 0..1023 at most once",
+            list(self.devices),
+        )
+
+
 SECTIONS: dict[str, type] = {
     "download": DownloadParams,
     "normalize": NormalizeParams,
@@ -297,6 +318,7 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateParams,
     "gate": GateParams,
     "export": ExportParams,
+    "resources": ResourceParams,
 }
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 from dvclive import Live
 
+from cifar10.augmentation import build_trainer
 from cifar10.checkpoint import Resume, fingerprint, load_checkpoint, save_checkpoint
 from cifar10.errors import StageError
-from cifar10.framework import keras, tf
-from cifar10.input_pipeline import eval_dataset, steps_per_epoch, train_dataset
-from cifar10.model import DTYPE_POLICIES, build_inference_model, build_seed_cnn, make_optimizer
+from cifar10.framework import accelerator, keras, tf
+from cifar10.input_pipeline import steps_per_epoch, train_batches, validation_inputs
+from cifar10.model import CORE_NAME, DTYPE_POLICIES, build_inference_model, build_seed_cnn, make_optimizer
 from cifar10.normalized import Stats
 from cifar10.params import TrainParams
 from cifar10.seeds import stream_seed
@@ -33,13 +34,13 @@ class TrainResult:
 
 
 def configure_runtime(params: TrainParams, seed: int) -> str:
-    """Seed the weight initialisation, set determinism and precision; return the device kind ("GPU" or "CPU")."""
-    # Python, numpy and TensorFlow global generators: Keras draws initial weights from these.
+    """Seed the weight initialisation, set determinism and precision; return the device ("GPU" or "CPU")."""
+    # Python, numpy and the backend's global generators: Keras draws initial weights from these.
     keras.utils.set_random_seed(stream_seed(seed, "init") % 2**32)
-    if params.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    if params.deterministic and keras.backend.backend() == "tensorflow":
+        tf.config.experimental.enable_op_determinism()  # XLA under JAX is deterministic on CPU already
     keras.mixed_precision.set_dtype_policy(DTYPE_POLICIES[params.mixed_precision])
-    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    return accelerator()
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -134,23 +135,25 @@ def train_model(
     if checkpoints:
         print(f"train: {resume.reason}")
     if resume.model is not None:
-        core = resume.model
+        trainer = resume.model
     else:
-        core = build_seed_cnn(params, seed)
-        core.compile(
+        trainer = build_trainer(build_seed_cnn(params, seed), params)
+        trainer.compile(
             optimizer=make_optimizer(params, steps),
             loss=keras.losses.SparseCategoricalCrossentropy(),  # categorical cross-entropy on integer labels
             metrics=["accuracy"],
         )
+    core = trainer.get_layer(CORE_NAME)
     epoch_log = EpochLog(live, checkpoints, run_fingerprint, resume, steps)
     if resume.epochs_done < params.epochs:
-        core.fit(
-            train_dataset(x_train, y_train, params, seed, start_epoch=resume.epochs_done),
+        trainer.fit(
+            train_batches(x_train, y_train, params, seed, start_epoch=resume.epochs_done),
             initial_epoch=resume.epochs_done,
             epochs=params.epochs,
             steps_per_epoch=steps,
-            shuffle=False,  # the dataset shuffles itself, seeded per epoch
-            validation_data=eval_dataset(x_val, y_val, VAL_BATCH) if len(x_val) else None,
+            shuffle=False,  # the batches are shuffled already, seeded per epoch
+            validation_data=validation_inputs(x_val, y_val) if len(x_val) else None,
+            validation_batch_size=VAL_BATCH,
             callbacks=[epoch_log],
             verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, one line per epoch in logs
         )

@@ -1,6 +1,6 @@
 """Stage: show what the augmentation params do, as a grid of training images beside augmented copies.
 
-Runs the training pipeline's own augmentation (cifar10.input_pipeline.augment_batch) on the
+Runs the training pipeline's own augmentation (cifar10.augmentation, the draws of the first training steps) on the
 normalized training arrays, so the picture is exactly what the network sees, un-normalized for display.
 """
 
@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from cifar10.augmentation import augment_images, draw_augmentation
 from cifar10.dataset import CLASS_NAMES
 from cifar10.errors import run_stage
 from cifar10.figures import labelled_grid
-from cifar10.framework import tf
-from cifar10.input_pipeline import augment_batch
 from cifar10.normalized import denormalize_images, read_normalized
 from cifar10.params import TrainParams
 from cifar10.seeds import stream_seed
@@ -24,8 +23,14 @@ COPIES = 7  # augmented copies of each, beside the original
 
 def augmented_copies(images: np.ndarray, params: TrainParams, seed: int, copies: int) -> np.ndarray:
     """Return (len(images), copies, H, W, C): each image augmented `copies` times, one training step's draw each."""
-    batch = tf.convert_to_tensor(images)
-    return np.stack([augment_batch(batch, tf.constant(step), seed, params).numpy() for step in range(copies)], axis=1)
+    height, width = images.shape[1:3]
+    return np.stack(
+        [
+            augment_images(images, draw_augmentation(seed, step, len(images), params, height, width), params)
+            for step in range(copies)
+        ],
+        axis=1,
+    )
 
 
 def main() -> None:

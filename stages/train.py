@@ -12,16 +12,13 @@ from __future__ import annotations
 import json
 import time
 
-from dvclive import Live
-
 from cifar10.atomic import write_json
-from cifar10.classifier import save_classifier
 from cifar10.dataset import CLASS_NAMES
+from cifar10.devices import devices_note, pin_devices
 from cifar10.errors import run_stage
 from cifar10.normalized import read_normalized
-from cifar10.params import as_dict
+from cifar10.params import as_dict, load_section, read_params_file
 from cifar10.stage import start_stage
-from cifar10.training import configure_runtime, headline, summarize, train_model
 
 
 def main() -> None:
@@ -37,8 +34,18 @@ def main() -> None:
         section="train",
         seeded=True,
     )
+    devices = load_section(read_params_file(args.params), "resources").devices
+    pin_devices(devices)
+    # Keras and its backend start here, after the devices are pinned.
+    from dvclive import Live
+
+    from cifar10.classifier import save_classifier
+    from cifar10.training import configure_runtime, headline, summarize, train_model
+
     arrays, stats = read_normalized(args.data)
     device = configure_runtime(params, seed)
+    if note := devices_note(devices, device):
+        print(f"train: {note}")
     print(f"train: {len(arrays['x_train'])} training, {len(arrays['x_val'])} validation images on {device}")
 
     start = time.perf_counter()

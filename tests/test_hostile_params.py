@@ -225,6 +225,8 @@ def case_id(changes: dict) -> str:
 # The documented ranges (cifar10/params.py, params.yaml), written out again here as the oracle: each edge is
 # accepted, and the value just beyond it is refused with a message naming the key and the value.
 EDGES_ACCEPTED = [
+    {"resources.devices": [0, 1023]},
+    {"resources.devices": list(range(64))},
     {"seed": 0},
     {"seed": 2**31 - 1},
     {"download.timeout": 1e-3},
@@ -338,6 +340,9 @@ OUT_OF_RANGE = [
     ({"gate.baseline_rev": "v" * 257}, "gate.baseline_rev must be at most 256 characters"),
     ({"export.formats": ["onnx"]}, "export.formats must list each of ('saved_model', 'litert') at most once"),
     ({"export.formats": ["litert", "litert"]}, "export.formats must list each of ('saved_model', 'litert') at most"),
+    ({"resources.devices": [-1]}, "resources.devices must list up to 64 GPU indices, each 0..1023 at most once"),
+    ({"resources.devices": [1024]}, "resources.devices must list up to 64 GPU indices, each 0..1023 at most once"),
+    ({"resources.devices": list(range(65))}, "resources.devices must list up to 64 GPU indices"),
 ]
 
 

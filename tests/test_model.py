@@ -1,12 +1,12 @@
-"""The network, the learning-rate schedule, the uint8 model, and the in-graph input pipeline."""
+"""The network, the learning-rate schedule, the uint8 model, the input batches and the augmentation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cifar10.framework import tf
-from cifar10.input_pipeline import augment_batch, steps_per_epoch, train_dataset
+from cifar10.augmentation import augment_images, draw_augmentation
+from cifar10.input_pipeline import steps_per_epoch, train_batches, validation_inputs
 from cifar10.model import build_inference_model, build_seed_cnn, make_schedule
 from cifar10.normalized import Stats, normalize_images
 from cifar10.params import TrainParams
@@ -61,6 +61,12 @@ def test_uint8_model_normalizes_inside(stats):
     assert np.allclose(model.predict(images, verbose=0), expected, atol=1e-5)
 
 
+def _augment(images: np.ndarray, step: int, seed: int, params: TrainParams) -> np.ndarray:
+    """The augmentation of training step `step`, as the train step applies it."""
+    draws = draw_augmentation(seed, step, len(images), params, images.shape[1], images.shape[2])
+    return augment_images(np.asarray(images, np.float32), draws, params)
+
+
 def _images(n: int = 8) -> np.ndarray:
     return np.random.default_rng(1).normal(size=(n, 32, 32, 3)).astype(np.float32)
 
@@ -68,28 +74,27 @@ def _images(n: int = 8) -> np.ndarray:
 def test_flip_only_mirrors_or_keeps_each_image():
     x = _images()
     params = train_params(rotation_deg=0, shift=0, flip=True)
-    out = augment_batch(tf.constant(x), tf.constant(5), seed=0, params=params).numpy()
+    out = _augment(x, 5, 0, params)
     mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, x)]
     kept = [np.array_equal(o, i) for o, i in zip(out, x)]
     assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored)
 
 
 def test_augmentation_is_keyed_by_seed_and_step():
-    x = tf.constant(_images())
+    x = _images()
     params = train_params()
-    a = augment_batch(x, tf.constant(3), seed=0, params=params).numpy()
-    b = augment_batch(x, tf.constant(3), seed=0, params=params).numpy()
-    c = augment_batch(x, tf.constant(4), seed=0, params=params).numpy()
-    d = augment_batch(x, tf.constant(3), seed=1, params=params).numpy()
+    a = _augment(x, 3, 0, params)
+    b = _augment(x, 3, 0, params)
+    c = _augment(x, 4, 0, params)
+    d = _augment(x, 3, 1, params)
     assert a.shape == x.shape and np.array_equal(a, b)
     assert not np.allclose(a, c) and not np.allclose(a, d)
-    assert not np.allclose(a, x.numpy())
+    assert not np.allclose(a, x)
 
 
 def _draws(stream: str, seed: int, step: int, batch: int, low: float, high: float) -> np.ndarray:
     """The uniform draws of one augmentation stream, as the pipeline documents them: keyed by (stream key, step)."""
-    key = tf.constant([stream_seed(seed, stream), step], tf.int64)
-    return tf.random.stateless_uniform([batch], seed=key, minval=low, maxval=high).numpy()
+    return np.random.default_rng([stream_seed(seed, stream), step]).uniform(low, high, batch)
 
 
 def _ramps(batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +110,7 @@ def test_rotation_is_the_drawn_angle_in_degrees_about_the_image_centre():
     batch, seed, step = 6, 11, 3
     params = train_params(rotation_deg=15.0, shift=0, flip=False)
     images, grid = _ramps(batch)
-    out = augment_batch(tf.constant(images), tf.constant(step), seed, params).numpy()
+    out = _augment(images, step, seed, params)
     degrees = _draws("rotation", seed, step, batch, -15.0, 15.0)
     centre = 15.5  # (32 - 1) / 2: the middle between the two central pixels
     xs, ys = grid[INNER, INNER, 0].ravel(), grid[INNER, INNER, 1].ravel()
@@ -130,7 +135,7 @@ def test_shift_moves_content_by_the_drawn_fraction_of_the_size():
     batch, seed, step = 6, 11, 3
     params = train_params(rotation_deg=0.0, shift=0.1, flip=False)
     images, grid = _ramps(batch)
-    out = augment_batch(tf.constant(images), tf.constant(step), seed, params).numpy()
+    out = _augment(images, step, seed, params)
     dx = _draws("shift_x", seed, step, batch, -0.1, 0.1) * 32  # pixels
     dy = _draws("shift_y", seed, step, batch, -0.1, 0.1) * 32
     for k in range(batch):
@@ -157,7 +162,7 @@ def test_each_epoch_visits_every_image_once_and_resume_matches():
     n, params = 37, train_params(epochs=3, batch_size=8, rotation_deg=0, shift=0, flip=False)
     x = np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, 32, 32, 3), np.float32)
     y = (np.arange(n) % 10).astype(np.uint8)
-    batches = [(bx.numpy()[:, 0, 0, 0], by.numpy()) for bx, by in train_dataset(x, y, params, seed=7)]
+    batches = [(bx[:, 0, 0, 0], by) for (bx, _), by in train_batches(x, y, params, seed=7)]
     assert len(batches) == 3 * steps_per_epoch(n, 8)
     per_epoch = steps_per_epoch(n, 8)
     orders = [np.concatenate([b[0] for b in batches[e * per_epoch : (e + 1) * per_epoch]]) for e in range(3)]
@@ -165,7 +170,7 @@ def test_each_epoch_visits_every_image_once_and_resume_matches():
         assert sorted(order.astype(int).tolist()) == list(range(n))
     assert not np.array_equal(orders[0], orders[1])  # reshuffled each epoch
     assert all(np.array_equal(by, (bx.astype(int) % 10)) for bx, by in batches)  # labels travel with images
-    resumed = [bx.numpy()[:, 0, 0, 0] for bx, _ in train_dataset(x, y, params, seed=7, start_epoch=2)]
+    resumed = [bx[:, 0, 0, 0] for (bx, _), _ in train_batches(x, y, params, seed=7, start_epoch=2)]
     assert np.array_equal(np.concatenate(resumed), orders[2])
 
 
@@ -196,23 +201,26 @@ def test_the_schedule_survives_a_save_and_load_through_its_config():
         assert float(again(step)) == float(schedule(step))
 
 
-def test_validation_batches_keep_the_order_and_every_image():
-    from cifar10.input_pipeline import eval_dataset
-
+def test_validation_inputs_are_the_images_in_order_with_draws_that_change_nothing():
     images = np.arange(7 * 32 * 32 * 3, dtype=np.float32).reshape(7, 32, 32, 3)
     labels = np.array([3, 1, 4, 1, 5, 9, 2], np.uint8)
-    batches = list(eval_dataset(images, labels, batch_size=3).as_numpy_iterator())
-    assert [len(y) for _, y in batches] == [3, 3, 1]
-    assert np.array_equal(np.concatenate([x for x, _ in batches]), images)
-    assert np.concatenate([y for _, y in batches]).tolist() == labels.tolist()
-    assert batches[0][1].dtype == np.int32
+    (x, draws), y = validation_inputs(images, labels)
+    assert x is images and y.tolist() == labels.tolist() and y.dtype == np.int32
+    assert draws.shape == (7, 4) and not draws.any()
+    # Outside training the augmentation layer passes images through, whatever the draws.
+    from cifar10.augmentation import RandomAffine
+
+    layer = RandomAffine("nearest")
+    random = draw_augmentation(0, 0, 7, train_params(), 32, 32)
+    assert np.array_equal(np.asarray(layer(images, random, training=False)), images)
+    assert not np.array_equal(np.asarray(layer(images, random, training=True)), images)
 
 
 @pytest.mark.parametrize(("fill_mode", "corner"), [("nearest", 1.0), ("constant", 0.0)])
 def test_pixels_brought_in_by_a_rotation_follow_fill_mode(fill_mode, corner):
     params = train_params(rotation_deg=180.0, shift=0.0, flip=False, fill_mode=fill_mode)
-    images = tf.ones((8, 32, 32, 1))
-    out = augment_batch(images, tf.constant(2), seed=4, params=params).numpy()
+    images = np.ones((8, 32, 32, 1), np.float32)
+    out = _augment(images, 2, 4, params)
     degrees = _draws("rotation", 4, 2, 8, -180.0, 180.0)
     k = int(np.argmin(np.abs(np.abs(degrees) - 45)))  # the draw nearest 45 degrees: its corners come from outside
     assert 20 < abs(degrees[k]) < 70
@@ -224,21 +232,22 @@ def test_the_training_stream_depends_on_the_seed_and_numbers_steps_across_epochs
     ramp = np.broadcast_to(np.arange(32, dtype=np.float32)[None, :, None], (32, 32, 3))
     x = np.stack([i * 100.0 + ramp for i in range(n)]).astype(np.float32)  # mean i * 100 + 15.5, flip or not
     y = (np.arange(n) % 10).astype(np.uint8)
-    first = [(bx.numpy(), by.numpy()) for bx, by in train_dataset(x, y, params, seed=7)]
-    other_seed = [by.numpy() for _, by in train_dataset(x, y, params, seed=8)]
-    assert all(by.dtype == np.int32 for _, by in first)
-    assert not all(np.array_equal(a[1], b) for a, b in zip(first, other_seed))  # the shuffle follows the seed
-    # Batch i of epoch e is augmented at step e * steps + i, with the run's seed: epoch 2's second batch is step 3.
-    images = first[3][0]
+    first = [(bx, draws, by) for (bx, draws), by in train_batches(x, y, params, seed=7)]
+    other_seed = [by for _, by in train_batches(x, y, params, seed=8)]
+    assert all(by.dtype == np.int32 for *_, by in first)
+    assert not all(np.array_equal(a[2], b) for a, b in zip(first, other_seed))  # the shuffle follows the seed
+    # Batch i of epoch e carries the draws of step e * steps + i, with the run's seed: epoch 2's second batch is step 3.
+    images, draws, _ = first[3]
     idx = np.rint((images.mean(axis=(1, 2, 3)) - 15.5) / 100.0).astype(int)
-    expected = augment_batch(tf.constant(x[idx]), tf.constant(3), seed=7, params=params).numpy()
-    assert np.array_equal(images, expected)
-    assert not np.array_equal(expected, augment_batch(tf.constant(x[idx]), tf.constant(1), seed=7, params=params))
+    assert np.array_equal(images, x[idx])  # the pixels travel unaugmented; the train step warps them
+    assert np.array_equal(draws, draw_augmentation(7, 3, 8, params, 32, 32))
+    assert not np.array_equal(draws, draw_augmentation(7, 1, 8, params, 32, 32))
+    assert not np.array_equal(draws, draw_augmentation(8, 3, 8, params, 32, 32))
 
 
 def test_flip_mirrors_about_half_of_the_images():
     params = train_params(rotation_deg=0, shift=0, flip=True)
     x = np.broadcast_to(np.arange(32, dtype=np.float32)[None, None, :, None], (2000, 32, 32, 1))
-    out = augment_batch(tf.constant(x), tf.constant(9), seed=3, params=params).numpy()
+    out = _augment(x, 9, 3, params)
     mirrored = int(np.sum(out[:, 0, 0, 0] == 31.0))
     assert 900 <= mirrored <= 1100  # a fair coin: 1000 +- 4.5 standard deviations

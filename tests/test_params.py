@@ -17,6 +17,7 @@ from cifar10.params import (
     DownloadParams,
     EvaluateParams,
     NormalizeParams,
+    ResourceParams,
     TrainParams,
     load_section,
     load_seed,
@@ -47,6 +48,7 @@ def test_committed_params_are_the_tutorial_recipe():
     )
     assert (train.rotation_deg, train.shift, train.flip, train.activation) == (15.0, 0.1, True, "elu")
     assert load_section(raw, "evaluate") == EvaluateParams(batch_size=500)
+    assert load_section(raw, "resources") == ResourceParams(devices=())  # every GPU there is
 
 
 @pytest.mark.parametrize(
@@ -91,6 +93,12 @@ def test_committed_params_are_the_tutorial_recipe():
             "download.md5 must be 32 hexadecimal digits, got 'abc'",
         ),
         ("evaluate", EvaluateParams, {"batch_size": -5}, "evaluate.batch_size must be a positive integer, got -5"),
+        ("resources", ResourceParams, {"devices": 0}, "resources.devices must be a list of int, got 0"),
+        ("resources", ResourceParams, {"devices": [0, 0]}, "resources.devices must list up to 64 GPU indices, each"),
+        ("resources", ResourceParams, {"devices": [-1]}, "0..1023 at most once, got [-1]"),
+        ("resources", ResourceParams, {"devices": [1024]}, "0..1023 at most once, got [1024]"),
+        ("resources", ResourceParams, {"devices": list(range(65))}, "must list up to 64 GPU indices"),
+        ("resources", ResourceParams, {"devices": ["0"]}, "resources.devices[0] must be an integer, got '0'"),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(section, cls, raw, message):

@@ -7,7 +7,7 @@ import pytest
 
 from cifar10.archive import load_test, load_train
 from cifar10.errors import StageError
-from cifar10.input_pipeline import train_dataset
+from cifar10.input_pipeline import train_batches
 from cifar10.normalized import normalize_images
 from cifar10.preprocessing import compute_stats
 from cifar10.training import configure_runtime, summarize, train_model
@@ -107,8 +107,8 @@ def test_an_epoch_without_its_batches_stops_training(tiny_data, monkeypatch):
     # The planted bug: resuming the input one epoch ahead, so the last epoch finds the dataset empty; Keras only
     # warns and logs a loss of 0.0.
     def one_epoch_ahead(images, labels, params, seed, start_epoch=0):
-        return train_dataset(images, labels, params, seed, start_epoch=start_epoch + 1)
+        return train_batches(images, labels, params, seed, start_epoch=start_epoch + 1)
 
-    monkeypatch.setattr("cifar10.training.train_dataset", one_epoch_ahead)
+    monkeypatch.setattr("cifar10.training.train_batches", one_epoch_ahead)
     with pytest.raises(StageError, match=r"epoch 2 trained on 0 of 5 batches: the input pipeline ran out of data"):
         _train(tiny_data, epochs=2)

@@ -1,0 +1,34 @@
+"""Pin a stage to chosen GPUs, before TensorFlow or JAX starts.
+
+DVC's queue runs experiments side by side (`dvc queue start -j 2`) but gives each worker the same GPUs. With
+`resources.devices: [1]` a stage sees only GPU 1 (CUDA_VISIBLE_DEVICES) and allocates GPU memory as it needs
+it instead of reserving most of the card up front, so two experiments can share a machine, or even a card.
+The frameworks read these variables once, when they start: this must run before cifar10.framework is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+FRAMEWORKS = ("keras", "tensorflow", "jax")
+
+
+def pin_devices(devices: tuple[int, ...], environ: dict[str, str] | None = None) -> None:
+    """Make only `devices` visible to the framework about to start, with memory growth on; () leaves all GPUs."""
+    started = [name for name in FRAMEWORKS if name in sys.modules]
+    if started:  # a bug in the stage script: the variables would be read too late and silently ignored
+        raise RuntimeError(f"pin_devices must run before {started[0]} is imported")
+    if not devices:
+        return
+    env = os.environ if environ is None else environ
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
+    env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"  # TensorFlow: grow GPU memory on demand
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # JAX: no up-front reservation of 75% of each GPU
+
+
+def devices_note(devices: tuple[int, ...], accelerator: str) -> str | None:
+    """Return the line to print when `devices` were asked for but there is no GPU to pin, else None."""
+    if devices and accelerator != "GPU":
+        return f"resources.devices {list(devices)} ignored: no GPU visible, running on {accelerator}"
+    return None

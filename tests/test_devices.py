@@ -1,0 +1,62 @@
+"""resources.devices pins train and evaluate to chosen GPUs before the framework starts (one experiment per GPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cifar10.devices import devices_note, pin_devices
+from tests.conftest import ROOT, stage_env
+
+PINNED = """
+import json, os, sys
+from cifar10.devices import pin_devices
+pin_devices(tuple(json.loads(sys.argv[1])))
+from cifar10.framework import accelerator, keras  # the framework starts after the pinning, as in the stages
+names = ("CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH", "XLA_PYTHON_CLIENT_PREALLOCATE")
+seen = {name: os.environ.get(name) for name in names}
+try:
+    pin_devices((0,))
+except RuntimeError as exc:
+    seen["late"] = str(exc)
+print(json.dumps({**seen, "device": accelerator()}))
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("devices", "visible"), [([1, 3], "1,3"), ([0], "0"), ([], None)], ids=["two", "one", "all"])
+def test_the_pinned_devices_reach_the_framework_with_memory_growth(devices, visible):
+    names = ("CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH", "XLA_PYTHON_CLIENT_PREALLOCATE")
+    env = {k: v for k, v in stage_env(import_root=True).items() if k not in names}
+    out = subprocess.run(
+        [sys.executable, "-c", PINNED, json.dumps(devices)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["CUDA_VISIBLE_DEVICES"] == visible
+    assert seen["TF_FORCE_GPU_ALLOW_GROWTH"] == ("true" if devices else None)
+    assert seen["XLA_PYTHON_CLIENT_PREALLOCATE"] == ("false" if devices else None)
+    assert seen["late"] == "pin_devices must run before keras is imported"  # too late is an error, not a no-op
+    assert seen["device"] == "CPU"
+
+
+def test_pinning_after_the_framework_started_is_refused_and_changes_nothing():
+    import cifar10.framework  # noqa: F401  (Keras and its backend start here, in this test process)
+
+    environ: dict[str, str] = {}
+    with pytest.raises(RuntimeError, match="must run before"):  # this test process imported Keras already
+        pin_devices((2,), environ)
+    assert environ == {}
+
+
+def test_devices_on_a_machine_without_a_gpu_get_a_note():
+    assert devices_note((0,), "CPU") == "resources.devices [0] ignored: no GPU visible, running on CPU"
+    assert devices_note((0, 1), "GPU") is None and devices_note((), "CPU") is None
