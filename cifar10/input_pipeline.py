@@ -20,9 +20,15 @@ from cifar10.seeds import stream_seed
 Batch = tuple[tuple[np.ndarray, np.ndarray], np.ndarray]  # ((images, draws), labels)
 
 
-def steps_per_epoch(num_images: int, batch_size: int) -> int:
+def usable_images(num_images: int, replicas: int = 1) -> int:
+    """Return how many images each epoch visits: a multiple of `replicas`, since every device of a data-parallel
+    run takes an equal slice of each batch. The few left out (fewer than `replicas`) differ from epoch to epoch."""
+    return num_images - num_images % replicas
+
+
+def steps_per_epoch(num_images: int, batch_size: int, replicas: int = 1) -> int:
     """Return the number of batches per epoch; the last one may be smaller."""
-    return math.ceil(num_images / batch_size)
+    return math.ceil(usable_images(num_images, replicas) / batch_size)
 
 
 def epoch_order(seed: int, epoch: int, num_images: int) -> np.ndarray:
@@ -31,18 +37,25 @@ def epoch_order(seed: int, epoch: int, num_images: int) -> np.ndarray:
 
 
 def train_batches(
-    images: np.ndarray, labels: np.ndarray, params: TrainParams, seed: int, start_epoch: int = 0
+    images: np.ndarray,
+    labels: np.ndarray,
+    params: TrainParams,
+    seed: int,
+    start_epoch: int = 0,
+    replicas: int = 1,
 ) -> Iterator[Batch]:
     """Yield the batches of epochs start_epoch..params.epochs-1, one after another.
 
-    Pass it to `fit` with `steps_per_epoch` and `initial_epoch=start_epoch`. Labels are int32.
+    Pass it to `fit` with `steps_per_epoch` and `initial_epoch=start_epoch`. Labels are int32. With `replicas`
+    (a divisor of the batch size), every batch, the last one of an epoch too, splits evenly over that many devices.
     """
     num = len(images)
-    steps = steps_per_epoch(num, params.batch_size)
+    usable = usable_images(num, replicas)
+    steps = steps_per_epoch(num, params.batch_size, replicas)
     height, width = images.shape[1:3]
     labels = labels.astype(np.int32)
     for epoch in range(start_epoch, params.epochs):
-        order = epoch_order(seed, epoch, num)
+        order = epoch_order(seed, epoch, num)[:usable]
         for i in range(steps):
             idx = order[i * params.batch_size : (i + 1) * params.batch_size]
             draws = draw_augmentation(seed, epoch * steps + i, len(idx), params, height, width)

@@ -291,6 +291,7 @@ class ExportParams:
 
 
 MAX_DEVICES = 64  # GPUs named in resources.devices
+STRATEGIES = ("one", "mirrored")
 
 
 @dataclass(frozen=True)
@@ -299,8 +300,10 @@ class ResourceParams:
     so moving a run to another GPU never makes DVC retrain."""
 
     devices: tuple[int, ...]  # GPU indices (as nvidia-smi numbers them), each 0..1023 once; () = every GPU
+    strategy: str  # one of STRATEGIES: one device, or data-parallel over every visible device (JAX)
 
     def __post_init__(self) -> None:
+        _check(self.strategy in STRATEGIES, "resources.strategy", f"must be one of {STRATEGIES}", self.strategy)
         _check(
             len(self.devices) <= MAX_DEVICES
             and len(set(self.devices)) == len(self.devices)

@@ -15,7 +15,7 @@ from cifar10.augmentation import build_trainer
 from cifar10.checkpoint import Resume, fingerprint, load_checkpoint, save_checkpoint
 from cifar10.errors import StageError
 from cifar10.framework import accelerator, keras, tf
-from cifar10.input_pipeline import steps_per_epoch, train_batches, validation_inputs
+from cifar10.input_pipeline import steps_per_epoch, train_batches, usable_images, validation_inputs
 from cifar10.model import CORE_NAME, DTYPE_POLICIES, build_inference_model, build_seed_cnn, make_optimizer
 from cifar10.normalized import Stats
 from cifar10.params import TrainParams
@@ -31,6 +31,7 @@ class TrainResult:
     epoch_seconds: list[float]  # training time of each epoch, validation excluded
     num_train: int
     resumed_from: int  # epochs taken from a checkpoint (0: trained from scratch)
+    replicas: int = 1  # devices each batch was split over
 
 
 def configure_runtime(params: TrainParams, seed: int) -> str:
@@ -41,6 +42,24 @@ def configure_runtime(params: TrainParams, seed: int) -> str:
         tf.config.experimental.enable_op_determinism()  # XLA under JAX is deterministic on CPU already
     keras.mixed_precision.set_dtype_policy(DTYPE_POLICIES[params.mixed_precision])
     return accelerator()
+
+
+def configure_distribution(strategy: str) -> int:
+    """Set Keras' distribution for resources.strategy; return the number of devices each batch is split over.
+
+    "mirrored" under JAX is Keras' DataParallel over every visible device: the model replicated, each batch
+    sharded along its first axis, the step compiled as one program over the whole batch, so batch statistics
+    and the gradient are the global batch's, as on one device.
+    """
+    if strategy == "one":
+        return 1
+    if keras.backend.backend() != "jax":
+        raise StageError(
+            f"resources.strategy {strategy} needs KERAS_BACKEND=jax; tf.distribute is not wired in yet, use one"
+        )
+    devices = keras.distribution.list_devices()
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    return len(devices)
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -121,15 +140,25 @@ def train_model(
     seed: int,
     live: Live | None = None,
     checkpoints: Path | None = None,
+    replicas: int = 1,
 ) -> TrainResult:
     """Train the CNN on normalized arrays (x_train, y_train, x_val, y_val) and return the inference model.
 
     With `checkpoints`, a checkpoint is saved there after every epoch, and a matching one found
     there at the start is resumed from. An empty validation part (val_size 0) skips validation.
+    `replicas`: the devices of a data-parallel run (configure_distribution); each batch splits evenly over them.
     """
+    if params.batch_size % replicas:
+        raise StageError(
+            f"train.batch_size {params.batch_size} must be a multiple of the {replicas} devices that "
+            "resources.strategy mirrored splits each batch over"
+        )
     x_train, y_train = arrays["x_train"], arrays["y_train"]
-    x_val, y_val = arrays["x_val"], arrays["y_val"]
-    steps = steps_per_epoch(len(x_train), params.batch_size)
+    # Validation batches split over the devices too: a batch size and an image count that the devices divide.
+    x_val, y_val = arrays["x_val"][: usable_images(len(arrays["x_val"]), replicas)], arrays["y_val"]
+    y_val = y_val[: len(x_val)]
+    val_batch = max(replicas, VAL_BATCH - VAL_BATCH % replicas)
+    steps = steps_per_epoch(len(x_train), params.batch_size, replicas)
     run_fingerprint = fingerprint(params, seed, arrays, stats)
     resume = load_checkpoint(checkpoints, run_fingerprint, params.epochs) if checkpoints else Resume(None)
     if checkpoints:
@@ -147,13 +176,13 @@ def train_model(
     epoch_log = EpochLog(live, checkpoints, run_fingerprint, resume, steps)
     if resume.epochs_done < params.epochs:
         trainer.fit(
-            train_batches(x_train, y_train, params, seed, start_epoch=resume.epochs_done),
+            train_batches(x_train, y_train, params, seed, start_epoch=resume.epochs_done, replicas=replicas),
             initial_epoch=resume.epochs_done,
             epochs=params.epochs,
             steps_per_epoch=steps,
             shuffle=False,  # the batches are shuffled already, seeded per epoch
             validation_data=validation_inputs(x_val, y_val) if len(x_val) else None,
-            validation_batch_size=VAL_BATCH,
+            validation_batch_size=val_batch,
             callbacks=[epoch_log],
             verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, one line per epoch in logs
         )
@@ -166,7 +195,7 @@ def train_model(
         model = build_inference_model(export_core, stats)
     finally:
         keras.mixed_precision.set_dtype_policy(training_policy)
-    return TrainResult(model, epoch_log.history, epoch_log.epoch_seconds, len(x_train), resume.epochs_done)
+    return TrainResult(model, epoch_log.history, epoch_log.epoch_seconds, len(x_train), resume.epochs_done, replicas)
 
 
 def headline(summary: dict) -> dict:
@@ -196,5 +225,6 @@ def summarize(result: TrainResult, params: TrainParams, device: str, wall_second
         "images_per_second": round(result.num_train * len(timed) / float(np.sum(timed)), 1),
         "resumed_from_epoch": result.resumed_from,
         "device": device,
+        "replicas": result.replicas,
         "mixed_precision": params.mixed_precision,
     }

@@ -88,13 +88,6 @@ def test_train_under_jax_without_tensorflow_and_evaluate_under_both_backends(tmp
     assert on_jax["test_accuracy"] == on_tf["test_accuracy"]
     assert on_jax["test_loss"] == pytest.approx(on_tf["test_loss"], abs=1e-5)
 
-    # Resuming under JAX from the JAX checkpoint: a third epoch, not a fresh start.
-    params["train"]["epochs"] = 3
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    resumed = _run(train, tmp_path, "jax")
-    assert "train: resuming after epoch 2 of 3" in resumed.stdout
-    assert json.loads((tmp_path / "models" / "meta.json").read_text())["training"]["resumed_from_epoch"] == 2
-
 
 PREDICT = """
 import json, sys
@@ -140,3 +133,70 @@ def test_a_model_saved_under_tensorflow_predicts_the_same_under_jax_and_the_batc
     (x, draws), y = next(train_batches(images.astype(np.float32), np.arange(12) % 10, params, 9))
     assert on_jax["batch"] == y.tolist() and np.array_equal(np.asarray(on_jax["draws"], np.float32), draws)
     shutil.rmtree(tmp_path)
+
+
+MIRRORED = """
+import json, sys
+import numpy as np
+import keras
+from cifar10.normalized import Stats
+from cifar10.params import TrainParams, parse_section
+from cifar10.training import configure_distribution, configure_runtime, train_model
+params = parse_section(TrainParams, "train", json.loads(sys.argv[1]))
+rng = np.random.default_rng(0)
+x, y = rng.normal(size=(100, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, 100).astype(np.uint8)
+arrays = {"x_train": x[:70], "y_train": y[:70], "x_val": x[70:], "y_val": y[70:]}  # last batch: 6 of 16 images
+runs = {}
+for strategy in ("one", "mirrored"):
+    configure_runtime(params, 5)  # the same initial weights for both runs
+    replicas = configure_distribution(strategy)
+    result = train_model(arrays, Stats((0.0,), (1.0,), 1e-7), params, 5, replicas=replicas)
+    probabilities = result.model.predict(np.zeros((2, 32, 32, 3), np.uint8), verbose=0)
+    runs[strategy] = {"replicas": replicas, "history": result.history, "probabilities": probabilities.tolist()}
+    keras.distribution.set_distribution(None)
+print(json.dumps(runs))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_under_jax_splits_each_batch_over_two_devices_and_matches_one_device(tmp_path: Path):
+    from cifar10.params import as_dict
+    from tests.conftest import train_params
+
+    params = train_params(**{**TINY_TRAIN, "epochs": 2, "batch_size": 16})
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED)
+    env = stage_env(import_root=True)
+    env.update(KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env["PYTHONPATH"] = f"{WITHOUT_TENSORFLOW}{os.pathsep}{env['PYTHONPATH']}"
+    out = subprocess.run(
+        [sys.executable, str(script), json.dumps(as_dict(params))],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    runs = json.loads(out.stdout.strip().splitlines()[-1])
+    one, mirrored = runs["one"], runs["mirrored"]
+    assert (one["replicas"], mirrored["replicas"]) == (1, 2)
+    # The same global batches, one program over both devices: the same training within float rounding.
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert np.allclose(mirrored["history"][name], one["history"][name], atol=1e-4), name
+    assert np.allclose(mirrored["probabilities"], one["probabilities"], atol=1e-4)
+    assert one["history"]["loss"][0] != one["history"]["loss"][1]  # two real epochs, not a constant
+
+
+def test_mirrored_needs_jax_and_a_batch_the_devices_divide():
+    from cifar10.errors import StageError
+    from cifar10.training import configure_distribution, train_model
+    from tests.conftest import train_params
+
+    assert configure_distribution("one") == 1
+    with pytest.raises(StageError, match="resources.strategy mirrored needs KERAS_BACKEND=jax"):
+        configure_distribution("mirrored")  # this test process runs TensorFlow
+    empty = {k: np.zeros((0, 32, 32, 3) if k[0] == "x" else 0) for k in ("x_train", "y_train", "x_val", "y_val")}
+    with pytest.raises(StageError, match="train.batch_size 16 must be a multiple of the 3 devices"):
+        train_model(empty, None, train_params(batch_size=16), 0, replicas=3)

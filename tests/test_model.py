@@ -251,3 +251,17 @@ def test_flip_mirrors_about_half_of_the_images():
     out = _augment(x, 9, 3, params)
     mirrored = int(np.sum(out[:, 0, 0, 0] == 31.0))
     assert 900 <= mirrored <= 1100  # a fair coin: 1000 +- 4.5 standard deviations
+
+
+def test_batches_for_two_devices_split_evenly_and_leave_out_fewer_than_two_images():
+    n, params = 37, train_params(epochs=2, batch_size=8, rotation_deg=0, shift=0, flip=False)
+    x = np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, 32, 32, 3), np.float32)
+    y = (np.arange(n) % 10).astype(np.uint8)
+    batches = [bx[:, 0, 0, 0] for (bx, _), _ in train_batches(x, y, params, seed=7, replicas=2)]
+    steps = steps_per_epoch(n, 8, replicas=2)
+    assert steps == 5 and len(batches) == 2 * steps  # 36 images an epoch: 8, 8, 8, 8, 4
+    assert all(len(b) % 2 == 0 for b in batches) and [len(b) for b in batches[:steps]] == [8, 8, 8, 8, 4]
+    epochs = [np.concatenate(batches[e * steps : (e + 1) * steps]).astype(int) for e in range(2)]
+    assert all(len(set(e.tolist())) == 36 for e in epochs)  # each image at most once an epoch
+    assert set(epochs[0].tolist()) != set(epochs[1].tolist())  # the one left out changes with the epoch
+    assert steps_per_epoch(33, 8, replicas=4) == 4 and steps_per_epoch(33, 8) == 5  # 32 usable: no 1-image batch

@@ -48,7 +48,7 @@ def test_committed_params_are_the_tutorial_recipe():
     )
     assert (train.rotation_deg, train.shift, train.flip, train.activation) == (15.0, 0.1, True, "elu")
     assert load_section(raw, "evaluate") == EvaluateParams(batch_size=500)
-    assert load_section(raw, "resources") == ResourceParams(devices=())  # every GPU there is
+    assert load_section(raw, "resources") == ResourceParams(devices=(), strategy="one")  # every GPU there is
 
 
 @pytest.mark.parametrize(
@@ -99,6 +99,7 @@ def test_committed_params_are_the_tutorial_recipe():
         ("resources", ResourceParams, {"devices": [1024]}, "0..1023 at most once, got [1024]"),
         ("resources", ResourceParams, {"devices": list(range(65))}, "must list up to 64 GPU indices"),
         ("resources", ResourceParams, {"devices": ["0"]}, "resources.devices[0] must be an integer, got '0'"),
+        ("resources", ResourceParams, {"strategy": "multi"}, "resources.strategy must be one of ('one', 'mirrored')"),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(section, cls, raw, message):

@@ -106,8 +106,8 @@ def test_validation_metrics_come_from_the_validation_arrays(tiny_data):
 def test_an_epoch_without_its_batches_stops_training(tiny_data, monkeypatch):
     # The planted bug: resuming the input one epoch ahead, so the last epoch finds the dataset empty; Keras only
     # warns and logs a loss of 0.0.
-    def one_epoch_ahead(images, labels, params, seed, start_epoch=0):
-        return train_batches(images, labels, params, seed, start_epoch=start_epoch + 1)
+    def one_epoch_ahead(images, labels, params, seed, start_epoch=0, replicas=1):
+        return train_batches(images, labels, params, seed, start_epoch=start_epoch + 1, replicas=replicas)
 
     monkeypatch.setattr("cifar10.training.train_batches", one_epoch_ahead)
     with pytest.raises(StageError, match=r"epoch 2 trained on 0 of 5 batches: the input pipeline ran out of data"):
