@@ -177,17 +177,20 @@ def pytest_runtest_call(item):
                 hits.unlink()
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, import_root: bool = False) -> subprocess.CompletedProcess:
-    """Run a command in `cwd` with the stage environment (see stage_env); on failure show its output."""
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, import_root: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a command in `cwd` with the stage environment (see stage_env) plus `env`; on failure show its output."""
     # A deadline: under `make mutation` a mutant runs inside these subprocesses, and one may hang.
-    result = subprocess.run(cmd, cwd=cwd, env=stage_env(import_root), capture_output=True, text=True, timeout=900)
+    full_env = {**stage_env(import_root), **(env or {})}
+    result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
 
 
-def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "dvc", *args], cwd, check)
+def dvc(*args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd, check, env=env)
 
 
 def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:

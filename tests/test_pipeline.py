@@ -177,13 +177,7 @@ def test_changing_params_reruns_exactly_the_affected_stages_and_old_params_come_
     two_epochs = json.loads((repo / "metrics/train.json").read_text())
     assert two_epochs["epochs"] == 2
 
-    # val_size 0 ("train on all, as the tutorial did"): every stage after download reruns and succeeds.
-    set_params(repo, {"normalize": {"val_size": 0}})
-    assert ran(dvc("repro", cwd=repo).stdout) == {"normalize", "preview"} | AFTER_TRAIN
-    no_val = json.loads((repo / "metrics/train.json").read_text())
-    assert no_val["val_accuracy"] is None and no_val["epochs"] == 2
-    assert json.loads((repo / "data/normalized/stats.json").read_text())["counts"] == {"train": 100, "val": 0}
-    assert 0 <= json.loads((repo / "metrics/evaluate.json").read_text())["test_accuracy"] <= 1
+    # normalize.val_size 0 ("train on all, as the tutorial did") end to end: tests/test_backends.py.
 
     # The gate reruns only if the scores changed: the batch size of inference may change the last bits.
     set_params(repo, {"evaluate": {"batch_size": 3}})
@@ -193,10 +187,10 @@ def test_changing_params_reruns_exactly_the_affected_stages_and_old_params_come_
     assert ran(dvc("repro", cwd=repo).stdout) == {"preview"} | AFTER_TRAIN
 
     # Back to params that ran before: DVC's run cache restores every stage's outputs; nothing trains.
-    set_params(repo, {"normalize": {"val_size": 20}, "train": {"rotation_deg": 15.0}, "evaluate": {"batch_size": 7}})
+    set_params(repo, {"train": {"rotation_deg": 15.0}, "evaluate": {"batch_size": 7}})
     back = dvc("repro", cwd=repo).stdout
     assert ran(back) == {"gate"}  # no outputs, so nothing to restore: it checks the restored scores again
-    assert restored(back) == {"normalize", "train", "evaluate", "export", "preview"}, back
+    assert restored(back) == {"train", "evaluate", "export", "preview"}, back
     assert json.loads((repo / "metrics/train.json").read_text()) == two_epochs  # the first run's file, restored
     assert up_to_date(repo)
 
