@@ -43,16 +43,17 @@ def code_digest(library: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(params: TrainParams, seed: int, arrays: dict[str, np.ndarray], stats: Stats) -> str:
+def fingerprint(params: TrainParams, seed: int, arrays: dict[str, np.ndarray], stats: Stats, replicas: int = 1) -> str:
     """Return a hash of everything that shapes the training run except the number of epochs: params, seed,
-    statistics, arrays and code (`code_digest`).
+    statistics, arrays, code (`code_digest`) and the device count of a data-parallel run.
 
     Leaving `epochs` out lets a finished run be extended (3 -> 10 epochs) from its checkpoint:
     nothing in the run depends on the total, so the result equals a straight 10-epoch run.
     """
     digest = hashlib.sha256()
     settings = {k: v for k, v in as_dict(params).items() if k != "epochs"}
-    run = {"seed": seed, "train": settings, "stats": stats.to_json(), "code": code_digest()}
+    # replicas: a data-parallel run visits a multiple of its device count each epoch (cifar10.input_pipeline).
+    run = {"seed": seed, "train": settings, "stats": stats.to_json(), "code": code_digest(), "replicas": replicas}
     digest.update(json.dumps(run, sort_keys=True).encode())
     for name in sorted(arrays):
         array = np.ascontiguousarray(arrays[name])

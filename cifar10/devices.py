@@ -27,6 +27,15 @@ def pin_devices(devices: tuple[int, ...], environ: dict[str, str] | None = None)
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # JAX: no up-front reservation of 75% of each GPU
 
 
+def request_determinism(environ: dict[str, str] | None = None) -> None:
+    """Ask XLA for deterministic GPU kernels (train.deterministic under JAX); TensorFlow's switch is set later,
+    in cifar10.training. Like the devices, XLA reads this once, when the backend starts."""
+    env = os.environ if environ is None else environ
+    flag = "--xla_gpu_deterministic_ops=true"
+    if flag not in env.get("XLA_FLAGS", "").split():
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
+
+
 def devices_note(devices: tuple[int, ...], accelerator: str) -> str | None:
     """Return the line to print when `devices` were asked for but there is no GPU to pin, else None."""
     if devices and accelerator != "GPU":

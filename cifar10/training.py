@@ -39,7 +39,7 @@ def configure_runtime(params: TrainParams, seed: int) -> str:
     # Python, numpy and the backend's global generators: Keras draws initial weights from these.
     keras.utils.set_random_seed(stream_seed(seed, "init") % 2**32)
     if params.deterministic and keras.backend.backend() == "tensorflow":
-        tf.config.experimental.enable_op_determinism()  # XLA under JAX is deterministic on CPU already
+        tf.config.experimental.enable_op_determinism()  # under JAX: XLA_FLAGS, set before start-up (cifar10.devices)
     keras.mixed_precision.set_dtype_policy(DTYPE_POLICIES[params.mixed_precision])
     return accelerator()
 
@@ -159,7 +159,7 @@ def train_model(
     y_val = y_val[: len(x_val)]
     val_batch = max(replicas, VAL_BATCH - VAL_BATCH % replicas)
     steps = steps_per_epoch(len(x_train), params.batch_size, replicas)
-    run_fingerprint = fingerprint(params, seed, arrays, stats)
+    run_fingerprint = fingerprint(params, seed, arrays, stats, replicas)
     resume = load_checkpoint(checkpoints, run_fingerprint, params.epochs) if checkpoints else Resume(None)
     if checkpoints:
         print(f"train: {resume.reason}")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from cifar10.augmentation import augment_images, draw_augmentation
 from cifar10.dataset import CLASS_NAMES
+from cifar10.devices import pin_devices
 from cifar10.errors import run_stage
 from cifar10.figures import labelled_grid
 from cifar10.normalized import denormalize_images, read_normalized
-from cifar10.params import TrainParams
+from cifar10.params import TrainParams, load_section, read_params_file
 from cifar10.seeds import stream_seed
 from cifar10.stage import start_stage
 
@@ -23,6 +23,8 @@ COPIES = 7  # augmented copies of each, beside the original
 
 def augmented_copies(images: np.ndarray, params: TrainParams, seed: int, copies: int) -> np.ndarray:
     """Return (len(images), copies, H, W, C): each image augmented `copies` times, one training step's draw each."""
+    from cifar10.augmentation import augment_images, draw_augmentation  # Keras starts here
+
     height, width = images.shape[1:3]
     return np.stack(
         [
@@ -40,6 +42,7 @@ def main() -> None:
         section="train",
         seeded=True,
     )
+    pin_devices(load_section(read_params_file(args.params), "resources").devices)  # before Keras starts
     arrays, stats = read_normalized(args.data, ("train",))
     x_train, y_train = arrays["x_train"], arrays["y_train"]
     picked = np.random.default_rng(stream_seed(seed, "preview")).choice(

@@ -59,7 +59,8 @@ def test_trained_under_jax_on_two_devices_in_bfloat16_then_pulled_to_a_laptop_th
     gpu_machine = {
         "KERAS_BACKEND": "jax",
         "XLA_FLAGS": TWO_CPU_DEVICES,  # two devices, as on a 2-GPU machine
-        "PYTHONPATH": str(WITHOUT_TENSORFLOW),  # no TensorFlow, as on the GPU machines
+        # No TensorFlow, as on the GPU machines (ahead of what stage_env puts there under `make mutation`).
+        "PYTHONPATH": os.pathsep.join(p for p in (str(WITHOUT_TENSORFLOW), stage_env().get("PYTHONPATH")) if p),
     }
     repro = dvc("repro", cwd=project, env=gpu_machine)
     assert "each batch split over 2 devices (resources.strategy mirrored)" in repro.stdout
@@ -148,13 +149,16 @@ params = parse_section(TrainParams, "train", json.loads(sys.argv[1]))
 rng = np.random.default_rng(0)
 x, y = rng.normal(size=(100, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, 100).astype(np.uint8)
 arrays = {"x_train": x[:70], "y_train": y[:70], "x_val": x[:0], "y_val": y[:0]}  # last batch: 6 of 16 images
+odd = {"x_train": x[:71], "y_train": y[:71], "x_val": x[71:92], "y_val": y[71:92]}  # 71 and 21: trimmed to 70, 20
 runs = {}
-for strategy in ("one", "mirrored"):
-    configure_runtime(params, 5)  # the same initial weights for both runs
+for name, strategy, data in (("one", "one", arrays), ("mirrored", "mirrored", arrays), ("odd", "mirrored", odd)):
+    configure_runtime(params, 5)  # the same initial weights for every run
     replicas = configure_distribution(strategy)
-    result = train_model(arrays, Stats((0.0,), (1.0,), 1e-7), params, 5, replicas=replicas)
+    layout = keras.distribution.distribution().get_data_layout((16, 32, 32, 3)).axes if replicas > 1 else None
+    result = train_model(data, Stats((0.0,), (1.0,), 1e-7), params, 5, replicas=replicas)
     probabilities = result.model.predict(np.zeros((2, 32, 32, 3), np.uint8), verbose=0)
-    runs[strategy] = {"replicas": replicas, "history": result.history, "probabilities": probabilities.tolist()}
+    runs[name] = {"replicas": replicas, "history": result.history, "probabilities": probabilities.tolist(),
+                  "layout": layout}
     keras.distribution.set_distribution(None)
 print(json.dumps(runs))
 """
@@ -182,13 +186,17 @@ def test_mirrored_under_jax_splits_each_batch_over_two_devices_and_matches_one_d
     )
     assert out.returncode == 0, out.stdout + out.stderr
     runs = json.loads(out.stdout.strip().splitlines()[-1])
-    one, mirrored = runs["one"], runs["mirrored"]
+    one, mirrored, odd = runs["one"], runs["mirrored"], runs["odd"]
     assert (one["replicas"], mirrored["replicas"]) == (1, 2)
+    assert mirrored["layout"] == ["batch", None, None, None]  # each batch split along its first axis
     # The same global batches, one program over both devices: the same training within float rounding.
     for name in ("loss", "accuracy"):
         assert np.allclose(mirrored["history"][name], one["history"][name], atol=1e-4), name
     assert np.allclose(mirrored["probabilities"], one["probabilities"], atol=1e-4)
     assert one["history"]["loss"][0] != one["history"]["loss"][1]  # two real epochs, not a constant
+    # Odd counts (71 training, 21 validation images): trimmed to what 2 devices split evenly, 20 for validation.
+    assert odd["replicas"] == 2 and len(odd["history"]["val_accuracy"]) == 2
+    assert all(abs(a * 20 - round(a * 20)) < 1e-4 for a in odd["history"]["val_accuracy"])
 
 
 def test_mirrored_needs_jax_and_a_batch_the_devices_divide():

@@ -61,6 +61,9 @@ def test_seed_stats_and_every_array_change_the_fingerprint_but_epochs_do_not():
         assert fingerprint(params, 42, changed, BASE_STATS) != base, name
     empty_val = {**arrays, "x_val": arrays["x_val"][:0], "y_val": arrays["y_val"][:0]}
     assert fingerprint(params, 42, empty_val, BASE_STATS) != base
+    # A data-parallel run on 2 devices visits other batches (a multiple of 2 images an epoch): not resumable as 1.
+    assert fingerprint(params, 42, arrays, BASE_STATS, replicas=1) == base
+    assert fingerprint(params, 42, arrays, BASE_STATS, replicas=2) != base
 
 
 def test_an_edit_to_the_library_changes_the_fingerprint(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cifar10.devices import devices_note, pin_devices
+from cifar10.devices import devices_note, pin_devices, request_determinism
 from tests.conftest import ROOT, stage_env
 
 PINNED = """
@@ -66,3 +66,13 @@ def test_pinning_after_the_framework_started_is_refused_and_changes_nothing():
 def test_devices_on_a_machine_without_a_gpu_get_a_note():
     assert devices_note((0,), "CPU") == "resources.devices [0] ignored: no GPU visible, running on CPU"
     assert devices_note((0, 1), "GPU") is None and devices_note((), "CPU") is None
+
+
+def test_determinism_is_asked_of_xla_once_beside_the_flags_already_there():
+    environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    request_determinism(environ)
+    request_determinism(environ)
+    assert environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2 --xla_gpu_deterministic_ops=true"
+    empty: dict[str, str] = {}
+    request_determinism(empty)
+    assert empty == {"XLA_FLAGS": "--xla_gpu_deterministic_ops=true"}
