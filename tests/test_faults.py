@@ -200,8 +200,8 @@ def test_two_queued_experiments_run_in_parallel_without_touching_each_other(proj
         },
     )
     git("commit", "-qam", "tiny", cwd=project)
-    # The README's sweep syntax: one queued experiment per value.
-    dvc("exp", "run", "--queue", "-S", "train.epochs=1,2", cwd=project)
+    # The README's sweep syntax: one queued experiment per value; each pinned to GPU 0 (on this CPU: a note).
+    dvc("exp", "run", "--queue", "-S", "train.epochs=1,2", "-S", "resources.devices=[0]", cwd=project)
     dvc("queue", "start", "-j", "2", cwd=project)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -216,17 +216,15 @@ def test_two_queued_experiments_run_in_parallel_without_touching_each_other(proj
     for commit in shown:
         for exp in commit.get("experiments") or []:
             data = exp["revs"][0]["data"]
-            results.append(
-                (
-                    data["params"]["params.yaml"]["data"]["train"]["epochs"],
-                    data["metrics"]["metrics/train.json"]["data"]["epochs"],
-                )
-            )
+            params = data["params"]["params.yaml"]["data"]
+            results.append((params["train"]["epochs"], data["metrics"]["metrics/train.json"]["data"]["epochs"]))
+            assert params["resources"]["devices"] == [0]  # accepted by DVC and the stages, though no stage's dep
     assert sorted(results) == [(1, 1), (2, 2)]  # each experiment's metrics are its own
     # The workspace was not touched by either run.
     assert (
         not (project / "models").exists()
         and yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 1
+        and yaml.safe_load((project / "params.yaml").read_text())["resources"]["devices"] == []
     )
 
 
