@@ -1,38 +1,17 @@
-"""Training augmentation (random rotation, shift, horizontal flip) for any Keras 3 backend.
+"""Training augmentation (random rotation, shift, horizontal flip) for any Keras 3 backend: the warp.
 
-The random draws are made on the host in numpy, keyed by (seed, stream, global step), so they are the same
-numbers under TensorFlow and JAX and after a resume. The pixel work is a Keras layer inside the compiled
-train step: it runs on the accelerator where there is one, and on CPU it runs in the same graph as the network.
+The random draws are made on the host (cifar10.input_pipeline.draw_augmentation), so they are the same numbers
+under TensorFlow and JAX and after a resume. The pixel work is this Keras layer inside the compiled train step:
+it runs on the accelerator where there is one, and on CPU it runs in the same graph as the network.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from cifar10.framework import keras
+from cifar10.input_pipeline import ANGLE, FLIP, NUM_DRAWS, SHIFT_X, SHIFT_Y
 from cifar10.params import TrainParams
-from cifar10.seeds import stream_seed
-
-# Columns of the per-image draws: flip (0 or 1), rotation (radians), shift right and shift down (pixels).
-FLIP, ANGLE, SHIFT_X, SHIFT_Y = range(4)
-NUM_DRAWS = 4
-
-
-def draw_augmentation(seed: int, step: int, batch: int, params: TrainParams, height: int, width: int) -> np.ndarray:
-    """Return the (batch, 4) float32 draws of training step `step`; each column is its own stream of `seed`."""
-
-    def uniform(stream: str, bound: float) -> np.ndarray:
-        return np.random.default_rng([stream_seed(seed, stream), step]).uniform(-bound, bound, batch)
-
-    draws = np.zeros((batch, NUM_DRAWS), np.float32)
-    if params.flip:
-        draws[:, FLIP] = uniform("flip", 1.0) < 0.0  # a fair coin
-    draws[:, ANGLE] = uniform("rotation", params.rotation_deg) * (math.pi / 180.0)
-    draws[:, SHIFT_X] = uniform("shift_x", params.shift) * width
-    draws[:, SHIFT_Y] = uniform("shift_y", params.shift) * height
-    return draws
 
 
 @keras.saving.register_keras_serializable(package="cifar10")

@@ -4,6 +4,7 @@ Every random draw is keyed by (stream key, epoch) or (stream key, global step), 
 rotation, shift) with its own key derived from the seed, so the batches of epoch k are the same whether
 training ran straight through or resumed at epoch k, and the same under TensorFlow and JAX. The batches
 carry the draws, not augmented pixels: the warp itself runs inside the train step (cifar10.augmentation).
+No Keras here: the batches are plain numpy, whatever the backend.
 """
 
 from __future__ import annotations
@@ -13,9 +14,28 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from cifar10.augmentation import NUM_DRAWS, draw_augmentation
 from cifar10.params import TrainParams
 from cifar10.seeds import stream_seed
+
+# Columns of the per-image draws: flip (0 or 1), rotation (radians), shift right and shift down (pixels).
+FLIP, ANGLE, SHIFT_X, SHIFT_Y = range(4)
+NUM_DRAWS = 4
+
+
+def draw_augmentation(seed: int, step: int, batch: int, params: TrainParams, height: int, width: int) -> np.ndarray:
+    """Return the (batch, 4) float32 draws of training step `step`; each column is its own stream of `seed`."""
+
+    def uniform(stream: str, bound: float) -> np.ndarray:
+        return np.random.default_rng([stream_seed(seed, stream), step]).uniform(-bound, bound, batch)
+
+    draws = np.zeros((batch, NUM_DRAWS), np.float32)
+    if params.flip:
+        draws[:, FLIP] = uniform("flip", 1.0) < 0.0  # a fair coin
+    draws[:, ANGLE] = uniform("rotation", params.rotation_deg) * (math.pi / 180.0)
+    draws[:, SHIFT_X] = uniform("shift_x", params.shift) * width
+    draws[:, SHIFT_Y] = uniform("shift_y", params.shift) * height
+    return draws
+
 
 Batch = tuple[tuple[np.ndarray, np.ndarray], np.ndarray]  # ((images, draws), labels)
 

@@ -12,6 +12,7 @@ from cifar10.dataset import CLASS_NAMES
 from cifar10.devices import pin_devices
 from cifar10.errors import run_stage
 from cifar10.figures import labelled_grid
+from cifar10.input_pipeline import draw_augmentation
 from cifar10.normalized import denormalize_images, read_normalized
 from cifar10.params import TrainParams, load_section, read_params_file
 from cifar10.seeds import stream_seed
@@ -23,7 +24,7 @@ COPIES = 7  # augmented copies of each, beside the original
 
 def augmented_copies(images: np.ndarray, params: TrainParams, seed: int, copies: int) -> np.ndarray:
     """Return (len(images), copies, H, W, C): each image augmented `copies` times, one training step's draw each."""
-    from cifar10.augmentation import augment_images, draw_augmentation  # Keras starts here
+    from cifar10.augmentation import augment_images  # Keras starts here
 
     height, width = images.shape[1:3]
     return np.stack(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cifar10.augmentation import augment_images, draw_augmentation
-from cifar10.input_pipeline import steps_per_epoch, train_batches, validation_inputs
+from cifar10.augmentation import augment_images
+from cifar10.input_pipeline import draw_augmentation, steps_per_epoch, train_batches, validation_inputs
 from cifar10.model import build_inference_model, build_seed_cnn, make_schedule
 from cifar10.normalized import Stats, normalize_images
 from cifar10.params import TrainParams
