@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+
+from cifar10.params import ResourceParams, load_section, read_params_file
 
 FRAMEWORKS = ("keras", "tensorflow", "jax")
 
@@ -25,6 +28,13 @@ def pin_devices(devices: tuple[int, ...], environ: dict[str, str] | None = None)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
     env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"  # TensorFlow: grow GPU memory on demand
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # JAX: no up-front reservation of 75% of each GPU
+
+
+def pin_stage_devices(params_file: Path) -> ResourceParams:
+    """Read the `resources` section of `params_file`, pin its devices (pin_devices) and return it."""
+    resources = load_section(read_params_file(params_file), "resources")
+    pin_devices(resources.devices)
+    return resources
 
 
 def request_determinism(environ: dict[str, str] | None = None) -> None:

@@ -155,8 +155,8 @@ def train_model(
         )
     x_train, y_train = arrays["x_train"], arrays["y_train"]
     # Validation batches split over the devices too: a batch size and an image count that the devices divide.
-    x_val, y_val = arrays["x_val"][: usable_images(len(arrays["x_val"]), replicas)], arrays["y_val"]
-    y_val = y_val[: len(x_val)]
+    keep = usable_images(len(arrays["x_val"]), replicas)
+    x_val, y_val = arrays["x_val"][:keep], arrays["y_val"][:keep]
     val_batch = max(replicas, VAL_BATCH - VAL_BATCH % replicas)
     steps = steps_per_epoch(len(x_train), params.batch_size, replicas)
     run_fingerprint = fingerprint(params, seed, arrays, stats, replicas)

@@ -15,7 +15,7 @@ import time
 from cifar10.archive import load_test
 from cifar10.atomic import atomic_dir, write_json
 from cifar10.dataset import CLASS_NAMES
-from cifar10.devices import pin_devices
+from cifar10.devices import pin_stage_devices
 from cifar10.errors import DataError, run_stage
 from cifar10.evaluation import (
     confusion_matrix,
@@ -25,7 +25,6 @@ from cifar10.evaluation import (
     write_predictions,
 )
 from cifar10.figures import confusion_png, first_predictions_grid, mistakes_grid
-from cifar10.params import load_section, read_params_file
 from cifar10.stage import start_stage
 
 
@@ -43,7 +42,7 @@ def main() -> None:
         section="evaluate",
         seeded=False,
     )
-    pin_devices(load_section(read_params_file(args.params), "resources").devices)
+    pin_stage_devices(args.params)
     from cifar10.classifier import load_classifier, predict_probabilities  # Keras starts here, on those devices
 
     model = load_classifier(args.model)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 
 from cifar10.dataset import CLASS_NAMES
-from cifar10.devices import pin_devices
+from cifar10.devices import pin_stage_devices
 from cifar10.errors import run_stage
 from cifar10.figures import labelled_grid
 from cifar10.input_pipeline import draw_augmentation
 from cifar10.normalized import denormalize_images, read_normalized
-from cifar10.params import TrainParams, load_section, read_params_file
+from cifar10.params import TrainParams
 from cifar10.seeds import stream_seed
 from cifar10.stage import start_stage
 
@@ -43,7 +43,7 @@ def main() -> None:
         section="train",
         seeded=True,
     )
-    pin_devices(load_section(read_params_file(args.params), "resources").devices)  # before Keras starts
+    pin_stage_devices(args.params)  # before Keras starts
     arrays, stats = read_normalized(args.data, ("train",))
     x_train, y_train = arrays["x_train"], arrays["y_train"]
     picked = np.random.default_rng(stream_seed(seed, "preview")).choice(

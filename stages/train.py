@@ -14,10 +14,10 @@ import time
 
 from cifar10.atomic import write_json
 from cifar10.dataset import CLASS_NAMES
-from cifar10.devices import devices_note, pin_devices, request_determinism
+from cifar10.devices import devices_note, pin_stage_devices, request_determinism
 from cifar10.errors import run_stage
 from cifar10.normalized import read_normalized
-from cifar10.params import as_dict, load_section, read_params_file
+from cifar10.params import as_dict
 from cifar10.stage import start_stage
 
 
@@ -34,9 +34,8 @@ def main() -> None:
         section="train",
         seeded=True,
     )
-    resources = load_section(read_params_file(args.params), "resources")
+    resources = pin_stage_devices(args.params)
     devices = resources.devices
-    pin_devices(devices)
     if params.deterministic:
         request_determinism()
     # Keras and its backend start here, after the devices are pinned.
