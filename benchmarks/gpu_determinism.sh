@@ -9,21 +9,9 @@ source_tar=$1 make_archive=$2 out=$3
 export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 mkdir -p "$out"
 exec > >(tee "$out/log.txt") 2>&1
-md5=$(python3 "$make_archive" /tmp/holdout.tar.gz --source "$source_tar" | grep -oE '[0-9a-f]{32}' | tail -1)
-set_params() {  # set_params SECTION.KEY=YAML...
-    python3 - "$@" <<'PY'
-import sys, yaml
-params = yaml.safe_load(open("params.yaml"))
-for item in sys.argv[1:]:
-    key, value = item.split("=", 1)
-    section, name = key.split(".")
-    params[section][name] = yaml.safe_load(value)
-yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
-PY
-}
-set_params download.url=file:///tmp/holdout.tar.gz download.md5="$md5" train.epochs=2
-python3 -m stages.download data/raw/cifar-10-python.tar.gz
-python3 -m stages.normalize data/raw/cifar-10-python.tar.gz data/normalized
+source "$(dirname "$0")/gpu_common.sh"
+prepare_holdout "$source_tar" "$make_archive"
+set_params train.epochs=2
 for deterministic in false false true true; do
     set_params train.deterministic="$deterministic"
     rm -rf checkpoints models

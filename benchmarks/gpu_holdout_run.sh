@@ -19,24 +19,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"
 python3 -c "import tensorflow" 2>/dev/null && echo "TensorFlow is installed" || echo "TensorFlow: not installed"
 
-start=$(date +%s.%N)
-md5=$(python3 "$make_archive" /tmp/holdout.tar.gz --source "$source_tar" | grep -oE '[0-9a-f]{32}' | tail -1)
-echo "archive built in $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s, md5 $md5"
-
-set_params() {  # set_params KEY=VALUE...: edit params.yaml in place (section.key=value, value in YAML)
-    python3 - "$@" <<'EOF'
-import sys, yaml
-params = yaml.safe_load(open("params.yaml"))
-for item in sys.argv[1:]:
-    key, value = item.split("=", 1)
-    section, name = key.split(".")
-    params[section][name] = yaml.safe_load(value)
-yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
-EOF
-}
-set_params download.url=file:///tmp/holdout.tar.gz download.md5="$md5" train.epochs=2
-python3 -m stages.download data/raw/cifar-10-python.tar.gz
-python3 -m stages.normalize data/raw/cifar-10-python.tar.gz data/normalized
+source "$(dirname "$0")/gpu_common.sh"
+prepare_holdout "$source_tar" "$make_archive"
+set_params train.epochs=2
 train() { python3 -m stages.train data/normalized models dvclive metrics/train.json checkpoints; }
 t0=$(date +%s.%N); train; t1=$(date +%s.%N)
 per_epoch=$(python3 -c "import json; print(json.load(open('models/meta.json'))['training']['seconds_per_epoch'])")
