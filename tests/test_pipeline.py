@@ -194,6 +194,11 @@ def test_changing_params_reruns_exactly_the_affected_stages_and_old_params_come_
     assert json.loads((repo / "metrics/train.json").read_text()) == two_epochs  # the first run's file, restored
     assert up_to_date(repo)
 
+    # Where a run goes (resources: GPUs, strategy) is no stage's dependency: DVC has nothing to rerun.
+    set_params(repo, {"resources": {"devices": [0], "strategy": "mirrored"}})
+    assert up_to_date(repo)
+    set_params(repo, {"resources": {"devices": [], "strategy": "one"}})
+
     # The gate: a floor above the accuracy reached stops `dvc repro` with the stage's one line; nothing else runs.
     set_params(repo, {"gate": {"min_test_accuracy": 1.0}})
     stopped = dvc("repro", cwd=repo, check=False)
