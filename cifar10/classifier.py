@@ -20,6 +20,32 @@ from cifar10.framework import keras
 MODEL_FILE = "model.keras"
 
 
+@keras.saving.register_keras_serializable(package="cifar10")
+class Standardize(keras.layers.Layer):
+    """(x - mean) * scale over the last axis, scale = 1 / (std + eps): the float32 arithmetic that made the
+    training arrays (normalized.normalize_images), so the saved model sees exactly what training saw.
+
+    mean and scale are (non-trainable) weights, one per channel or a single one for global statistics.
+    Weights, not constants: exporters freeze weights into the graph, while tf2onnx turned the captured
+    constant tensors of Keras' Normalization(mean=..., variance=...) into extra ONNX graph inputs.
+    """
+
+    def __init__(self, channels: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.mean = self.add_weight(shape=(channels,), initializer="zeros", trainable=False, name="mean")
+        self.scale = self.add_weight(shape=(channels,), initializer="ones", trainable=False, name="scale")
+
+    def call(self, inputs):
+        return (inputs - self.mean) * self.scale
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "channels": self.channels}
+
+
 def save_classifier(model: keras.Model, folder: Path, meta: dict) -> None:
     """Replace `folder` with model.keras, the tutorial's model.json + model.weights.h5 and meta.json, atomically."""
     with atomic_dir(folder) as tmp:

@@ -3,45 +3,65 @@
     manifest.json the files below, and the input and output of each
     saved_model/  TensorFlow SavedModel, signature `serve`: uint8 images (N, 32, 32, 3) -> probabilities
     model.tflite  LiteRT (TensorFlow Lite) flatbuffer, same input and output
+    model.onnx    ONNX (through tf2onnx, the optional `export` extra), input "image", same input and output
 
 Each is the .keras model itself, normalization layer included, so it takes raw RGB images as they are.
-ONNX is not offered yet: Keras exports it through tf2onnx, and tf2onnx 1.17 turns this model's
-normalization layer's mean and variance into two extra graph inputs, so onnxruntime refuses to run the
-file on images alone (tried: `model.export(path, format="onnx")`, then an InferenceSession).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from pathlib import Path
 
+import numpy as np
+
 from cifar10.atomic import atomic_dir, write_json
-from cifar10.dataset import CLASS_NAMES
+from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
+from cifar10.errors import StageError
 from cifar10.framework import keras
 
 MANIFEST = "manifest.json"
 SAVED_MODEL = "saved_model"
 LITERT_FILE = "model.tflite"
+ONNX_FILE = "model.onnx"
+FILES = {"saved_model": SAVED_MODEL, "litert": LITERT_FILE, "onnx": ONNX_FILE}  # export.formats -> name
+KERAS_FORMATS = {"saved_model": "tf_saved_model", "litert": "litert", "onnx": "onnx"}  # -> model.export(format=)
 
 
 def export_model(model: keras.Model | None, folder: Path, formats: tuple[str, ...]) -> list[Path]:
     """Replace `folder` with the requested exports of `model` (None only when `formats` is empty), atomically;
     return the paths written."""
-    names = {"saved_model": SAVED_MODEL, "litert": LITERT_FILE}
+    if "onnx" in formats:
+        _require_tf2onnx()
+        # Keras' ONNX exporter refuses a model that has never been called, as a freshly loaded one is.
+        model(np.zeros((1, *IMAGE_SHAPE), dtype=np.uint8))
     with atomic_dir(folder) as tmp:
         # What the folder holds and how to call it; also keeps the folder from being empty, which DVC warns about.
         write_json(
             tmp / MANIFEST,
             {
-                "files": {fmt: names[fmt] for fmt in formats},
+                "files": {fmt: FILES[fmt] for fmt in formats},
                 "input": "uint8 RGB images, shape (N, 32, 32, 3), pixel values 0..255",
                 "output": f"float32 class probabilities, shape (N, {len(CLASS_NAMES)})",
                 "class_names": list(CLASS_NAMES),
             },
         )
         for fmt in formats:
-            # Keras prints the signature and converter logs on stdout; the stage prints its own one line.
-            with contextlib.redirect_stdout(io.StringIO()):
-                model.export(str(tmp / names[fmt]), format="tf_saved_model" if fmt == "saved_model" else fmt)
-    return [folder / names[fmt] for fmt in formats]
+            # Keras prints the signature and converter logs on stdout, and its tf2onnx patch warns about
+            # numpy's np.object; the stage prints its own one line.
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                model.export(str(tmp / FILES[fmt]), format=KERAS_FORMATS[fmt], verbose=False)
+    return [folder / FILES[fmt] for fmt in formats]
+
+
+def _require_tf2onnx() -> None:
+    """Fail before any work, in one line, where the ONNX converter is not installed."""
+    try:
+        import tf2onnx  # noqa: F401  (Keras imports it by name inside model.export)
+    except ImportError:
+        raise StageError(
+            "export.formats lists onnx, which needs tf2onnx: pip install -e '.[export]' (or drop onnx)"
+        ) from None

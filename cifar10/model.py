@@ -7,6 +7,9 @@ dropout 0.2/0.3/0.4), then Flatten -> Dense(10, softmax): 309,290 parameters.
 
 from __future__ import annotations
 
+import numpy as np
+
+from cifar10.classifier import Standardize
 from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
 from cifar10.framework import keras
 from cifar10.normalized import Stats
@@ -55,18 +58,14 @@ def build_seed_cnn(
 def build_inference_model(core: keras.Model, stats: Stats) -> keras.Model:
     """Return a model that takes raw uint8 images (N, 32, 32, 3), normalizes them with `stats`, then runs `core`.
 
-    Saved as .keras, it needs nothing else: the statistics live in its Normalization layer.
+    Saved as .keras, it needs nothing else: the statistics are the weights of its Standardize layer.
     """
     inputs = keras.Input(IMAGE_SHAPE, dtype="uint8", name="image")
     x = keras.layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)  # uint8 -> float32, values unchanged
-    # Normalization divides by sqrt(variance): variance (std + eps)^2 reproduces (x - mean) / (std + eps).
-    normalize = keras.layers.Normalization(
-        axis=None if len(stats.mean) == 1 else -1,
-        mean=list(stats.mean) if len(stats.mean) > 1 else stats.mean[0],
-        variance=[(s + stats.eps) ** 2 for s in stats.std] if len(stats.std) > 1 else (stats.std[0] + stats.eps) ** 2,
-        dtype="float32",
-        name="zscore",
-    )
+    normalize = Standardize(len(stats.mean), dtype="float32", name="zscore")
+    # Computed as normalize_images does (float64 sum, then float32), so the arrays and the model agree exactly.
+    normalize.mean.assign(np.asarray(stats.mean, dtype=np.float32))
+    normalize.scale.assign(np.asarray(1.0 / (np.asarray(stats.std) + stats.eps), dtype=np.float32))
     outputs = core(normalize(x))
     return keras.Model(inputs, outputs, name="cifar10_classifier")
 

@@ -30,7 +30,7 @@ ACTIVATIONS = ("elu", "relu", "gelu", "swish")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 MIXED_PRECISION = ("none", "bfloat16", "float16")
-EXPORT_FORMATS = ("saved_model", "litert")
+EXPORT_FORMATS = ("saved_model", "litert", "onnx")
 
 # Ranges shared by several fields; each field's comment gives its own range.
 MAX_EPOCHS = 100_000  # 3 months on a 2-core CPU at 75 s an epoch, 2 days on an H100; the recipe is 125

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar10.export import LITERT_FILE, MANIFEST, SAVED_MODEL
+from cifar10.export import LITERT_FILE, MANIFEST, ONNX_FILE, SAVED_MODEL
 from cifar10.framework import tf
 from cifar10.model import build_inference_model, build_seed_cnn
 from cifar10.normalized import Stats
-from tests.conftest import run, train_params
+from tests.conftest import ROOT, run, train_params
 
 STAGE = [sys.executable, "-m", "stages.export", "models/model.keras", "exports"]
 
@@ -46,6 +47,17 @@ def litert_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
+def onnx_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
+    """Run the ONNX file at `path` on uint8 images with onnxruntime alone (no TensorFlow, no Keras)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (source,) = session.get_inputs()  # images only: no statistics or other constants left as graph inputs
+    assert (source.name, source.type, source.shape[1:]) == ("image", "tensor(uint8)", [32, 32, 3])
+    (probabilities,) = session.run(None, {"image": images})
+    return np.asarray(probabilities, dtype=np.float64)
+
+
 @pytest.fixture(scope="module")
 def keras_model(tmp_path_factory) -> Path:
     """A small uint8 classifier with distinct, non-trivial weights, saved as models/model.keras."""
@@ -64,11 +76,12 @@ def _export(folder: Path, formats: list[str]) -> str:
     return result.stdout
 
 
-def test_saved_model_and_litert_predict_as_the_keras_model(keras_model: Path):
+def test_saved_model_litert_and_onnx_predict_as_the_keras_model(keras_model: Path):
     from cifar10.classifier import load_classifier, predict_probabilities
 
-    out = _export(keras_model, ["saved_model", "litert"])
-    assert out.strip() == f"export: {Path('exports') / SAVED_MODEL}, {Path('exports') / LITERT_FILE}"
+    out = _export(keras_model, ["onnx", "saved_model", "litert"])  # onnx first: it needs a model called once
+    written = ", ".join(str(Path("exports") / name) for name in (ONNX_FILE, SAVED_MODEL, LITERT_FILE))
+    assert out.strip() == f"export: {written}"
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     expected = predict_probabilities(load_classifier(keras_model / "models/model.keras"), images, batch_size=6)
     assert np.ptp(expected, axis=0).max() > 1e-3  # the images get different answers: a real comparison
@@ -76,6 +89,8 @@ def test_saved_model_and_litert_predict_as_the_keras_model(keras_model: Path):
     np.testing.assert_allclose(served, expected, atol=1e-5)
     lite = litert_probabilities(keras_model / "exports" / LITERT_FILE, images)
     np.testing.assert_allclose(lite, expected, atol=1e-4)
+    opened = onnx_probabilities(keras_model / "exports" / ONNX_FILE, images)
+    np.testing.assert_allclose(opened, expected, atol=1e-5)
 
 
 def test_no_format_writes_only_the_manifest_and_a_dropped_format_disappears(keras_model: Path):
@@ -95,3 +110,15 @@ def test_the_stage_refuses_a_file_that_is_not_a_model(tmp_path: Path):
     result = run_stage(tmp_path)
     assert result.returncode == 1 and not (tmp_path / "exports").exists()
     assert result.stderr.strip().startswith("error: models/model.keras is not a loadable Keras model")
+
+
+def test_onnx_without_its_converter_is_refused_in_one_line_before_any_work(keras_model: Path, tmp_path: Path):
+    blocker = tmp_path / "no_tf2onnx"
+    blocker.mkdir()
+    (blocker / "tf2onnx.py").write_text("raise ImportError('tf2onnx is not installed here')\n")
+    (keras_model / "params.yaml").write_text(json.dumps({"export": {"formats": ["litert", "onnx"]}}))
+    result = run(STAGE, keras_model, check=False, import_root=True, env={"PYTHONPATH": f"{blocker}{os.pathsep}{ROOT}"})
+    assert result.returncode == 1 and not (keras_model / "exports" / LITERT_FILE).exists()
+    assert result.stderr.strip() == (
+        "error: export.formats lists onnx, which needs tf2onnx: pip install -e '.[export]' (or drop onnx)"
+    )
