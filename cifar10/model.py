@@ -22,7 +22,11 @@ CORE_NAME = "cifar10_cnn"  # the network's name inside the training and inferenc
 
 
 def build_seed_cnn(
-    params: TrainParams, seed: int, dtype: str | None = None, num_classes: int = len(CLASS_NAMES)
+    params: TrainParams,
+    seed: int,
+    dtype: str | None = None,
+    num_classes: int = len(CLASS_NAMES),
+    sync_batch_norm: bool = False,
 ) -> keras.Model:
     """Return the uncompiled CNN; it takes z-scored float images (N, 32, 32, 3) and returns class probabilities.
 
@@ -30,6 +34,7 @@ def build_seed_cnn(
     Keras' global seed (`keras.utils.set_random_seed`, set by the caller from the "init" stream).
     `dtype` is a Keras dtype policy ("float32", "mixed_bfloat16", ...); None uses the global policy.
     The softmax always runs in float32 so the loss stays accurate under mixed precision.
+    `sync_batch_norm`: batch statistics over all replicas of a tf.distribute strategy (TensorFlow only).
     """
     layers = keras.layers
     inputs = keras.Input(IMAGE_SHAPE, name="normalized_image")
@@ -45,7 +50,7 @@ def build_seed_cnn(
                 name=f"block{block}_conv{conv}",
             )(x)
             x = layers.Activation(params.activation, dtype=dtype, name=f"block{block}_act{conv}")(x)
-            x = layers.BatchNormalization(dtype=dtype, name=f"block{block}_bn{conv}")(x)
+            x = layers.BatchNormalization(synchronized=sync_batch_norm, dtype=dtype, name=f"block{block}_bn{conv}")(x)
         x = layers.MaxPooling2D(2, dtype=dtype, name=f"block{block}_pool")(x)
         dropout_seed = stream_seed(seed, "dropout", block) % 2**31  # Keras takes a 32-bit seed
         x = layers.Dropout(rate, seed=dropout_seed, dtype=dtype, name=f"block{block}_dropout")(x)

@@ -291,7 +291,7 @@ class ExportParams:
 
 
 MAX_DEVICES = 64  # GPUs named in resources.devices
-STRATEGIES = ("one", "mirrored")
+STRATEGIES = ("one", "mirrored", "multi_worker")
 
 
 @dataclass(frozen=True)
@@ -300,7 +300,7 @@ class ResourceParams:
     so moving a run to another GPU never makes DVC retrain."""
 
     devices: tuple[int, ...]  # GPU indices (as nvidia-smi numbers them), each 0..1023 once; () = every GPU
-    strategy: str  # one of STRATEGIES: one device, or data-parallel over every visible device (JAX)
+    strategy: str  # one of STRATEGIES: one device; data-parallel over this machine's devices, or several machines'
 
     def __post_init__(self) -> None:
         _check(self.strategy in STRATEGIES, "resources.strategy", f"must be one of {STRATEGIES}", self.strategy)

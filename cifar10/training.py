@@ -13,6 +13,7 @@ from dvclive import Live
 
 from cifar10.augmentation import build_trainer
 from cifar10.checkpoint import Resume, fingerprint, load_checkpoint, save_checkpoint
+from cifar10.distribution import Distribution, build_from_batch, fit_input, reset_distribution
 from cifar10.errors import StageError
 from cifar10.framework import accelerator, keras, tf
 from cifar10.input_pipeline import steps_per_epoch, train_batches, usable_images, validation_inputs
@@ -42,24 +43,6 @@ def configure_runtime(params: TrainParams, seed: int) -> str:
         tf.config.experimental.enable_op_determinism()  # under JAX: XLA_FLAGS, set before start-up (cifar10.devices)
     keras.mixed_precision.set_dtype_policy(DTYPE_POLICIES[params.mixed_precision])
     return accelerator()
-
-
-def configure_distribution(strategy: str) -> int:
-    """Set Keras' distribution for resources.strategy; return the number of devices each batch is split over.
-
-    "mirrored" under JAX is Keras' DataParallel over every visible device: the model replicated, each batch
-    sharded along its first axis, the step compiled as one program over the whole batch, so batch statistics
-    and the gradient are the global batch's, as on one device.
-    """
-    if strategy == "one":
-        return 1
-    if keras.backend.backend() != "jax":
-        raise StageError(
-            f"resources.strategy {strategy} needs KERAS_BACKEND=jax; tf.distribute is not wired in yet, use one"
-        )
-    devices = keras.distribution.list_devices()
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-    return len(devices)
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -140,18 +123,21 @@ def train_model(
     seed: int,
     live: Live | None = None,
     checkpoints: Path | None = None,
-    replicas: int = 1,
+    distribution: Distribution | None = None,
 ) -> TrainResult:
     """Train the CNN on normalized arrays (x_train, y_train, x_val, y_val) and return the inference model.
 
     With `checkpoints`, a checkpoint is saved there after every epoch, and a matching one found
     there at the start is resumed from. An empty validation part (val_size 0) skips validation.
-    `replicas`: the devices of a data-parallel run (configure_distribution); each batch splits evenly over them.
+    `distribution`: a data-parallel run's set-up (cifar10.distribution); each batch splits evenly over its
+    devices. It ends with the training: the returned model is built on one device.
     """
+    distribution = distribution or Distribution()
+    replicas = distribution.replicas
     if params.batch_size % replicas:
         raise StageError(
             f"train.batch_size {params.batch_size} must be a multiple of the {replicas} devices that "
-            "resources.strategy mirrored splits each batch over"
+            "resources.strategy splits each batch over"
         )
     x_train, y_train = arrays["x_train"], arrays["y_train"]
     # Validation batches split over the devices too: a batch size and an image count that the devices divide.
@@ -166,17 +152,24 @@ def train_model(
     if resume.model is not None:
         trainer = resume.model
     else:
-        trainer = build_trainer(build_seed_cnn(params, seed), params)
+        # Under a tf.distribute strategy each replica would normalize its batches by its own slice's statistics;
+        # synchronized, they are the global batch's, as on one device (JAX runs one program over the batch).
+        synced = distribution.engine is not None and replicas > 1
+        trainer = build_trainer(build_seed_cnn(params, seed, sync_batch_norm=synced), params)
         trainer.compile(
             optimizer=make_optimizer(params, steps),
             loss=keras.losses.SparseCategoricalCrossentropy(),  # categorical cross-entropy on integer labels
             metrics=["accuracy"],
         )
     core = trainer.get_layer(CORE_NAME)
+    if distribution.engine is not None:
+        build_from_batch(trainer, next(train_batches(x_train, y_train, params, seed, replicas=replicas)))
     epoch_log = EpochLog(live, checkpoints, run_fingerprint, resume, steps)
     if resume.epochs_done < params.epochs:
         trainer.fit(
-            train_batches(x_train, y_train, params, seed, start_epoch=resume.epochs_done, replicas=replicas),
+            fit_input(
+                lambda: train_batches(x_train, y_train, params, seed, resume.epochs_done, replicas), distribution
+            ),
             initial_epoch=resume.epochs_done,
             epochs=params.epochs,
             steps_per_epoch=steps,
@@ -186,6 +179,7 @@ def train_model(
             callbacks=[epoch_log],
             verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, one line per epoch in logs
         )
+    reset_distribution()
     # Export in float32 whatever the training precision, so the model runs anywhere at full accuracy.
     training_policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy("float32")

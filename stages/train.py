@@ -42,22 +42,24 @@ def main() -> None:
     from dvclive import Live
 
     from cifar10.classifier import save_classifier
-    from cifar10.training import configure_distribution, configure_runtime, headline, summarize, train_model
+    from cifar10.distribution import configure_distribution
+    from cifar10.training import configure_runtime, headline, summarize, train_model
 
+    # First: JAX's processes must connect, and TensorFlow's multi-worker strategy be made, before anything runs.
+    distribution = configure_distribution(resources.strategy)
     arrays, stats = read_normalized(args.data)
     device = configure_runtime(params, seed)
     if note := devices_note(devices, device):
         print(f"train: {note}")
-    replicas = configure_distribution(resources.strategy)
-    if replicas > 1:
-        print(f"train: each batch split over {replicas} devices (resources.strategy {resources.strategy})")
+    if resources.strategy != "one":
+        print(f"train: {distribution.describe(resources.strategy)}")
     print(f"train: {len(arrays['x_train'])} training, {len(arrays['x_val'])} validation images on {device}")
 
     start = time.perf_counter()
     # dvcyaml=False: dvc.yaml is hand-written and declares the plots; DVCLive only writes its files.
     # The resolved params travel in models/meta.json, so DVCLive logs only the per-epoch metrics.
     with Live(str(args.live), dvcyaml=False, save_dvc_exp=False) as live:
-        result = train_model(arrays, stats, params, seed, live, args.checkpoints, replicas)
+        result = train_model(arrays, stats, params, seed, live, args.checkpoints, distribution)
     wall = time.perf_counter() - start
 
     summary = summarize(result, params, device, wall)

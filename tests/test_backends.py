@@ -144,7 +144,8 @@ import numpy as np
 import keras
 from cifar10.normalized import Stats
 from cifar10.params import TrainParams, parse_section
-from cifar10.training import configure_distribution, configure_runtime, train_model
+from cifar10.distribution import configure_distribution
+from cifar10.training import configure_runtime, train_model
 params = parse_section(TrainParams, "train", json.loads(sys.argv[1]))
 rng = np.random.default_rng(0)
 x, y = rng.normal(size=(100, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, 100).astype(np.uint8)
@@ -152,14 +153,14 @@ arrays = {"x_train": x[:70], "y_train": y[:70], "x_val": x[:0], "y_val": y[:0]} 
 odd = {"x_train": x[:71], "y_train": y[:71], "x_val": x[71:92], "y_val": y[71:92]}  # 71 and 21: trimmed to 70, 20
 runs = {}
 for name, strategy, data in (("one", "one", arrays), ("mirrored", "mirrored", arrays), ("odd", "mirrored", odd)):
+    distribution = configure_distribution(strategy)
     configure_runtime(params, 5)  # the same initial weights for every run
-    replicas = configure_distribution(strategy)
+    replicas = distribution.replicas
     layout = keras.distribution.distribution().get_data_layout((16, 32, 32, 3)).axes if replicas > 1 else None
-    result = train_model(data, Stats((0.0,), (1.0,), 1e-7), params, 5, replicas=replicas)
+    result = train_model(data, Stats((0.0,), (1.0,), 1e-7), params, 5, distribution=distribution)
     probabilities = result.model.predict(np.zeros((2, 32, 32, 3), np.uint8), verbose=0)
     runs[name] = {"replicas": replicas, "history": result.history, "probabilities": probabilities.tolist(),
                   "layout": layout}
-    keras.distribution.set_distribution(None)
 print(json.dumps(runs))
 """
 
@@ -199,14 +200,16 @@ def test_mirrored_under_jax_splits_each_batch_over_two_devices_and_matches_one_d
     assert all(abs(a * 20 - round(a * 20)) < 1e-4 for a in odd["history"]["val_accuracy"])
 
 
-def test_mirrored_needs_jax_and_a_batch_the_devices_divide():
+def test_a_batch_the_devices_cannot_divide_and_a_multi_worker_run_without_its_cluster_are_refused(monkeypatch):
+    from cifar10.distribution import Distribution, configure_distribution
     from cifar10.errors import StageError
-    from cifar10.training import configure_distribution, train_model
+    from cifar10.training import train_model
     from tests.conftest import train_params
 
-    assert configure_distribution("one") == 1
-    with pytest.raises(StageError, match="resources.strategy mirrored needs KERAS_BACKEND=jax"):
-        configure_distribution("mirrored")  # this test process runs TensorFlow
+    assert configure_distribution("one") == Distribution(replicas=1, workers=1, worker=0, engine=None)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(StageError, match="^resources.strategy multi_worker under TensorFlow needs TF_CONFIG"):
+        configure_distribution("multi_worker")  # this test process runs TensorFlow
     empty = {k: np.zeros((0, 32, 32, 3) if k[0] == "x" else 0) for k in ("x_train", "y_train", "x_val", "y_val")}
     with pytest.raises(StageError, match="train.batch_size 16 must be a multiple of the 3 devices"):
-        train_model(empty, None, train_params(batch_size=16), 0, replicas=3)
+        train_model(empty, None, train_params(batch_size=16), 0, distribution=Distribution(replicas=3))
