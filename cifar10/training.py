@@ -13,6 +13,7 @@ from dvclive import Live
 
 from cifar10.augmentation import build_trainer
 from cifar10.checkpoint import Resume, fingerprint, load_checkpoint, save_checkpoint
+from cifar10.dataset import CLASS_NAMES
 from cifar10.errors import StageError
 from cifar10.framework import accelerator, keras, tf
 from cifar10.input_pipeline import steps_per_epoch, train_batches, usable_images, validation_inputs
@@ -141,12 +142,15 @@ def train_model(
     live: Live | None = None,
     checkpoints: Path | None = None,
     replicas: int = 1,
+    class_names: tuple[str, ...] = CLASS_NAMES,
 ) -> TrainResult:
     """Train the CNN on normalized arrays (x_train, y_train, x_val, y_val) and return the inference model.
 
     With `checkpoints`, a checkpoint is saved there after every epoch, and a matching one found
     there at the start is resumed from. An empty validation part (val_size 0) skips validation.
     `replicas`: the devices of a data-parallel run (configure_distribution); each batch splits evenly over them.
+    `class_names`: the classes the labels index (stats.json's); the network gets one output per name, and the
+    inference model carries the names.
     """
     if params.batch_size % replicas:
         raise StageError(
@@ -159,14 +163,14 @@ def train_model(
     x_val, y_val = arrays["x_val"][:keep], arrays["y_val"][:keep]
     val_batch = max(replicas, VAL_BATCH - VAL_BATCH % replicas)
     steps = steps_per_epoch(len(x_train), params.batch_size, replicas)
-    run_fingerprint = fingerprint(params, seed, arrays, stats, replicas)
+    run_fingerprint = fingerprint(params, seed, arrays, stats, replicas, class_names)
     resume = load_checkpoint(checkpoints, run_fingerprint, params.epochs) if checkpoints else Resume(None)
     if checkpoints:
         print(f"train: {resume.reason}")
     if resume.model is not None:
         trainer = resume.model
     else:
-        trainer = build_trainer(build_seed_cnn(params, seed), params)
+        trainer = build_trainer(build_seed_cnn(params, seed, num_classes=len(class_names)), params)
         trainer.compile(
             optimizer=make_optimizer(params, steps),
             loss=keras.losses.SparseCategoricalCrossentropy(),  # categorical cross-entropy on integer labels
@@ -190,9 +194,9 @@ def train_model(
     training_policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy("float32")
     try:
-        export_core = build_seed_cnn(params, seed)
+        export_core = build_seed_cnn(params, seed, num_classes=len(class_names))
         export_core.set_weights(core.get_weights())
-        model = build_inference_model(export_core, stats)
+        model = build_inference_model(export_core, stats, class_names)
     finally:
         keras.mixed_precision.set_dtype_policy(training_policy)
     return TrainResult(model, epoch_log.history, epoch_log.epoch_seconds, len(x_train), resume.epochs_done, replicas)
