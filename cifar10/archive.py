@@ -665,10 +665,13 @@ def _member_path(name: str) -> str:
     return str(path)  # PurePosixPath drops '.' parts and repeated and trailing slashes
 
 
-def _read_tar(stream: _TarStream, wanted: set[str], max_member_bytes: int) -> dict[str, bytes]:
+def _read_tar(
+    stream: _TarStream, wanted: set[str], max_member_bytes: int, metas: frozenset[str] = frozenset()
+) -> dict[str, bytes]:
     """Return {member path: contents} for the wanted members, after reading the stream to its end.
 
-    Every header is checked, the unread members' too; the others' data is read and discarded.
+    Every header is checked, the unread members' too; the others' data is read and discarded. A member over
+    `max_member_bytes`, or a meta member (`metas`) over MAX_META_BYTES, is refused at its header.
     """
     found: dict[str, bytes] = {}
     seen: set[str] = set()
@@ -730,10 +733,11 @@ def _read_tar(stream: _TarStream, wanted: set[str], max_member_bytes: int) -> di
             if size:
                 raise DataError(f"archive folder {_shown(name)} claims {size} bytes of data; refusing the archive")
             continue
-        if size > max_member_bytes:
+        limit, kind = (MAX_META_BYTES, "a meta member") if path in metas else (max_member_bytes, "a member")
+        if size > limit:
             raise DataError(
-                f"archive member {_shown(name)} is {size} bytes, more than the {max_member_bytes // 2**20} MiB "
-                "a member may have; refusing the archive"
+                f"archive member {_shown(name)} is {size} bytes, more than the {limit // 2**20} MiB "
+                f"{kind} may have; refusing the archive"
             )
         if path in wanted:
             found[path] = stream.read(size)
@@ -742,7 +746,9 @@ def _read_tar(stream: _TarStream, wanted: set[str], max_member_bytes: int) -> di
             stream.skip(size + -size % TAR_BLOCK)
 
 
-def _read_members(path: Path, wanted: set[str], max_member_bytes: int) -> dict[str, bytes]:
+def _read_members(
+    path: Path, wanted: set[str], max_member_bytes: int, metas: frozenset[str] = frozenset()
+) -> dict[str, bytes]:
     """Return {member path: contents} for the wanted members of the gzip-compressed tar at `path`.
 
     The whole file is read and checked, to its gzip CRC and length, before anything is returned.
@@ -758,7 +764,7 @@ def _read_members(path: Path, wanted: set[str], max_member_bytes: int) -> dict[s
     with raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
         stream = _TarStream(gz, path)
         try:
-            return _read_tar(stream, wanted, max_member_bytes)
+            return _read_tar(stream, wanted, max_member_bytes, metas)
         except gzip.BadGzipFile as exc:
             if stream.position == 0:
                 raise DataError(f"{path} is not a readable gzip-compressed tar archive ({exc})") from None
@@ -770,17 +776,13 @@ def _read_members(path: Path, wanted: set[str], max_member_bytes: int) -> dict[s
 def _read_layout_members(path: Path, layout: Layout, members: tuple[str, ...]) -> dict[str, bytes]:
     """Return {member name: bytes} for the named members of `layout` and its meta member, all present."""
     wanted = {f"{layout.folder}/{name}" for name in (*members, layout.meta)}
-    found = _read_members(path, wanted, layout.max_member_bytes)
+    found = _read_members(path, wanted, layout.max_member_bytes, frozenset({f"{layout.folder}/{layout.meta}"}))
     missing = sorted(wanted - set(found))
     if missing:
         raise DataError(
             f"{path} has no member {missing[0]} (dataset.name {layout.dataset} expects the {layout.folder}/ layout)"
         )
     meta = found.pop(f"{layout.folder}/{layout.meta}")
-    if len(meta) > MAX_META_BYTES:
-        raise DataError(
-            f"{layout.meta} is {len(meta):,} bytes, more than the {MAX_META_BYTES // 2**20} MiB a meta member may have"
-        )
     return {layout.meta: meta, **{name[len(layout.folder) + 1 :]: data for name, data in found.items()}}
 
 
@@ -819,7 +821,8 @@ def load_test_sets(path: Path) -> list[Batch]:
     batch, or CIFAR-100's with fine labels, then with coarse ones. For cifar10-predict, which knows the model
     but not the data set: it picks the one whose class names are the model's."""
     wanted = {f"{layout.folder}/{name}" for layout in LAYOUTS.values() for name in (layout.test, layout.meta)}
-    found = _read_members(path, wanted, MAX_CIFAR100_MEMBER_BYTES)
+    metas = frozenset(f"{layout.folder}/{layout.meta}" for layout in LAYOUTS.values())
+    found = _read_members(path, wanted, MAX_CIFAR100_MEMBER_BYTES, metas)
     folders = {layout.folder for layout in LAYOUTS.values() if f"{layout.folder}/{layout.test}" in found}
     if len(folders) != 1:
         raise DataError(
@@ -830,8 +833,6 @@ def load_test_sets(path: Path) -> list[Batch]:
     meta_name = f"{layouts[0].folder}/{layouts[0].meta}"
     if meta_name not in found:
         raise DataError(f"{path} has no member {meta_name}")
-    if len(found[meta_name]) > MAX_META_BYTES:
-        raise DataError(f"{layouts[0].meta} is more than the {MAX_META_BYTES // 2**20} MiB a meta member may have")
     meta = safe_unpickle(found.pop(meta_name), layouts[0].meta)
     test = safe_unpickle(found.pop(f"{layouts[0].folder}/{layouts[0].test}"), layouts[0].test)
     return [parse_batch(test, layout.test, layout, parse_meta(meta, layout)) for layout in layouts]
