@@ -29,6 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cifar10.dataset import CLASS_NAMES  # noqa: E402
 from cifar10.normalized import write_normalized  # noqa: E402
 from cifar10.preprocessing import compute_stats  # noqa: E402
 
@@ -71,7 +72,7 @@ def prepare(folder: Path, images: int) -> tuple[Path, Path]:
         "x_val": np.zeros((0, 32, 32, 3), np.float32),  # the timing leaves validation out anyway
         "y_val": np.zeros(0, np.uint8),
     }
-    write_normalized(folder / "normalized", arrays, stats, "global")
+    write_normalized(folder / "normalized", arrays, stats, "global", CLASS_NAMES)
     return raw, folder / "normalized"
 
 

@@ -18,6 +18,6 @@ prepare_holdout() {  # prepare_holdout SOURCE.tar.gz MAKE_ARCHIVE: build the arc
     md5=$(python3 "$2" /tmp/holdout.tar.gz --source "$1" | grep -oE '[0-9a-f]{32}' | tail -1)
     echo "archive built in $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s, md5 $md5"
     set_params download.url=file:///tmp/holdout.tar.gz download.md5="$md5"
-    python3 -m stages.download data/raw/cifar-10-python.tar.gz
-    python3 -m stages.normalize data/raw/cifar-10-python.tar.gz data/normalized
+    python3 -m stages.download data/raw/archive.tar.gz
+    python3 -m stages.normalize data/raw/archive.tar.gz data/normalized
 }

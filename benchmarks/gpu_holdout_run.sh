@@ -29,7 +29,7 @@ fit=$(python3 -c "print(max(2, min($epochs, int(($budget - 60) / ($per_epoch * 1
 echo "2 epochs took $(python3 -c "print(round($t1 - $t0, 1))") s in all; $per_epoch s per epoch; training to $fit epochs"
 set_params train.epochs="$fit"
 train
-python3 -m stages.evaluate models/model.keras data/raw/cifar-10-python.tar.gz \
+python3 -m stages.evaluate models/model.keras data/raw/archive.tar.gz \
     metrics/evaluate.json metrics/predictions.csv metrics/per_class.csv plots/evaluate
 cp metrics/train.json metrics/evaluate.json metrics/per_class.csv models/meta.json "$out/"
 cp dvclive/metrics.json "$out/dvclive_metrics.json" 2>/dev/null || true

@@ -1,4 +1,9 @@
-"""Read CIFAR-10 batches straight from the official `cifar-10-python.tar.gz`, without extracting it.
+"""Read CIFAR-10 and CIFAR-100 batches straight from the official archives, without extracting them.
+
+The two layouts (see LAYOUTS): `cifar-10-python.tar.gz` holds `cifar-10-batches-py/` with data_batch_1..5,
+test_batch and batches.meta (`label_names`); `cifar-100-python.tar.gz` holds `cifar-100-python/` with train,
+test and meta (`fine_label_names`, `coarse_label_names`), each image labelled with both `fine_labels` and
+`coarse_labels`. Class names come from the meta member, checked (CIFAR-10's must be its known ten).
 
 The archive may come from anywhere (a mirror is trusted only as far as its md5, and evaluate and
 `cifar10-predict --archive` check no md5 at all), so the reader treats it as hostile:
@@ -28,7 +33,7 @@ from typing import Any, NamedTuple, NoReturn
 import numpy as np
 
 from cifar10.atomic import require_regular_file
-from cifar10.dataset import CLASS_NAMES
+from cifar10.dataset import CLASS_NAMES, class_names_problem
 from cifar10.errors import DataError
 
 BATCH_DIR = "cifar-10-batches-py"
@@ -43,11 +48,63 @@ PIXELS = 32 * 32 * 3  # bytes per image in a batch row: R plane, G plane, B plan
 # ../shared/tools/make-cifar-archive decompresses to 213 MiB, and a batch of 10,000 noise images is 44 MiB.
 MAX_TOTAL_BYTES = 512 * 2**20  # 512 MiB: the whole decompressed tar stream, skipped members included
 MAX_MEMBER_BYTES = 128 * 2**20  # 128 MiB per member; an official batch (10,000 images) is 30 MiB
+# CIFAR-100 keeps its 50,000 training images in one member: 155 MiB in the official archive, up to about
+# 230 MiB when Python 3 writes them with protocol 2 (see above).
+MAX_CIFAR100_MEMBER_BYTES = 320 * 2**20
+MAX_META_BYTES = 2**20  # 1 MiB for the meta member before it is unpickled; CIFAR-100's official one is 1.5 KiB
 MAX_HEADER_BYTES = 8 * 2**10  # 8 KiB for a GNU long name or a pax header; a Linux path is at most 4 KiB
 MAX_MEMBERS = 1000  # entries in the archive; the official one has 8 (the folder and its 7 files)
 MAX_PICKLE_OPERATIONS = 1_000_000  # opcodes in one batch pickle; a 10,000-image batch takes about 90,000
 READ_CHUNK_BYTES = 2**20  # 1 MiB: decompressed bytes asked of gzip at a time
 TAR_BLOCK = 512  # bytes: tar headers and member data come in blocks of this size
+
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one data set's members, labels and class names are in its archive (one per dataset.name, labels)."""
+
+    dataset: str  # dataset.name: cifar10 | cifar100
+    labels: str  # dataset.labels: fine | coarse (CIFAR-10: fine only)
+    folder: str  # the archive's top folder
+    train: tuple[str, ...]  # training members, joined in this order
+    test: str
+    meta: str
+    label_key: bytes  # each batch's list of class indices
+    names_key: bytes  # the meta member's list of class names
+    num_classes: int
+    max_member_bytes: int
+
+
+LAYOUTS = {
+    ("cifar10", "fine"): Layout(
+        "cifar10", "fine", BATCH_DIR, TRAIN_BATCHES, TEST_BATCH, META, b"labels", b"label_names", 10, MAX_MEMBER_BYTES
+    ),
+    **{
+        ("cifar100", kind): Layout(
+            "cifar100",
+            kind,
+            "cifar-100-python",
+            ("train",),
+            "test",
+            "meta",
+            f"{kind}_labels".encode(),
+            f"{kind}_label_names".encode(),
+            100 if kind == "fine" else 20,
+            MAX_CIFAR100_MEMBER_BYTES,
+        )
+        for kind in ("fine", "coarse")
+    },
+}
+CIFAR10 = LAYOUTS[("cifar10", "fine")]
+
+
+def layout_of(dataset: str, labels: str) -> Layout:
+    """Return the archive layout for dataset.name and dataset.labels (as checked by DatasetParams)."""
+    if (dataset, labels) not in LAYOUTS:
+        raise DataError(f"no archive layout for dataset {dataset!r} with {labels!r} labels")
+    return LAYOUTS[(dataset, labels)]
+
 
 _SHORT_REPR = reprlib.Repr()
 _SHORT_REPR.maxstring = _SHORT_REPR.maxother = 80
@@ -357,7 +414,7 @@ def safe_unpickle(data: bytes, what: str) -> dict[bytes, Any]:
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             struct.error, OverflowError) as exc:  # fmt: skip
         reason = "it ends before its STOP opcode" if isinstance(exc, EOFError) else _one_line(str(exc))
-        raise DataError(f"{what} is not a CIFAR-10 batch pickle: {reason}") from None
+        raise DataError(f"{what} is not a CIFAR batch pickle: {reason}") from None
     if not isinstance(obj, dict) or not all(isinstance(k, bytes) for k in obj):
         kind = "a numpy object" if isinstance(obj, (_InertCall, _InertGlobal)) else type(obj).__name__
         raise DataError(f"{what} must hold a dict with bytes keys, got {kind}")
@@ -367,22 +424,23 @@ def safe_unpickle(data: bytes, what: str) -> dict[bytes, Any]:
             value = _array_from_record(value, f"{what}: {_one_line(key.decode('latin-1'))}")
         result[key] = value
     if _holds_inert(list(result.values())):
-        raise DataError(f"{what} is not a CIFAR-10 batch pickle: numpy objects may only be top-level arrays")
+        raise DataError(f"{what} is not a CIFAR batch pickle: numpy objects may only be top-level arrays")
     return result
 
 
 @dataclass(frozen=True)
 class Batch:
     images: np.ndarray  # (N, 32, 32, 3) uint8, NHWC
-    labels: np.ndarray  # (N,) uint8 class indices 0..9
+    labels: np.ndarray  # (N,) uint8 class indices 0..len(class_names) - 1
+    class_names: tuple[str, ...]  # from the archive's meta member
 
 
-def parse_batch(obj: dict[bytes, Any], what: str) -> Batch:
-    """Return the images (NHWC uint8) and labels of one unpickled batch dict, after checking both."""
-    for key in (b"data", b"labels"):
+def parse_batch(obj: dict[bytes, Any], what: str, layout: Layout, class_names: tuple[str, ...]) -> Batch:
+    """Return the images (NHWC uint8) and the layout's labels of one unpickled batch dict, after checking both."""
+    for key in (b"data", layout.label_key):
         if key not in obj:
             raise DataError(f"{what} has no {key!r} entry")
-    data, labels = obj[b"data"], obj[b"labels"]
+    data, labels = obj[b"data"], obj[layout.label_key]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS:
         shape = getattr(data, "shape", None)
         dtype = getattr(data, "dtype", type(data).__name__)
@@ -392,12 +450,39 @@ def parse_batch(obj: dict[bytes, Any], what: str) -> Batch:
         raise DataError(f"{what}: labels must be a list of integers")
     if len(labels) != len(data):
         raise DataError(f"{what}: {len(labels)} labels for {len(data)} images")
-    bad = next((v for v in labels if not 0 <= v < len(CLASS_NAMES)), None)
+    bad = next((v for v in labels if not 0 <= v < layout.num_classes), None)
     if bad is not None:
-        raise DataError(f"{what}: labels must be in 0..{len(CLASS_NAMES) - 1}, got {_shown(bad)}")
+        raise DataError(f"{what}: {_label_word(layout)} must be in 0..{layout.num_classes - 1}, got {_shown(bad)}")
     # Each row holds the R, G and B planes one after another, each 32x32 row-major.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return Batch(np.ascontiguousarray(images), np.array(labels, dtype=np.uint8))
+    return Batch(np.ascontiguousarray(images), np.array(labels, dtype=np.uint8), class_names)
+
+
+def _label_word(layout: Layout) -> str:
+    return layout.label_key.decode()  # labels, fine_labels or coarse_labels, as the pickle names them
+
+
+def parse_meta(obj: dict[bytes, Any], layout: Layout) -> tuple[str, ...]:
+    """Return the class names in an unpickled meta dict, after checking them: CIFAR-10's must be its ten
+    known names in order; CIFAR-100's exactly 100 (fine) or 20 (coarse) usable names (see class_names_problem).
+    Names pickled as bytes (Python 2's str) must be UTF-8."""
+    what = f"{layout.meta}: {layout.names_key.decode()}"
+    names = obj.get(layout.names_key)
+    if names is None:
+        raise DataError(f"{layout.meta} has no {layout.names_key!r} entry")
+    if isinstance(names, list) and all(type(n) in (bytes, str) for n in names):
+        try:
+            names = [n.decode("utf-8") if type(n) is bytes else n for n in names]
+        except UnicodeDecodeError:
+            raise DataError(f"{what}: class names must be UTF-8 text") from None
+    if layout.dataset == "cifar10":
+        if names != list(CLASS_NAMES):
+            raise DataError(f"{what} must be the 10 CIFAR-10 classes in order, got {_shown(names)}")
+        return CLASS_NAMES
+    problem = class_names_problem(names, layout.num_classes)
+    if problem:
+        raise DataError(f"{what} {problem}")
+    return tuple(names)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -452,7 +537,7 @@ class _TarStream:
         if self.position + size > MAX_TOTAL_BYTES:
             raise DataError(
                 f"{self.path} decompresses to more than {MAX_TOTAL_BYTES // 2**20} MiB, far more than CIFAR-10 "
-                "needs; refusing it"
+                "or CIFAR-100 needs; refusing it"
             )
 
     def _read_up_to(self, size: int) -> bytes:
@@ -580,10 +665,13 @@ def _member_path(name: str) -> str:
     return str(path)  # PurePosixPath drops '.' parts and repeated and trailing slashes
 
 
-def _read_tar(stream: _TarStream, wanted: set[str]) -> dict[str, bytes]:
+def _read_tar(
+    stream: _TarStream, wanted: set[str], max_member_bytes: int, metas: frozenset[str] = frozenset()
+) -> dict[str, bytes]:
     """Return {member path: contents} for the wanted members, after reading the stream to its end.
 
-    Every header is checked, the unread members' too; the others' data is read and discarded.
+    Every header is checked, the unread members' too; the others' data is read and discarded. A member over
+    `max_member_bytes`, or a meta member (`metas`) over MAX_META_BYTES, is refused at its header.
     """
     found: dict[str, bytes] = {}
     seen: set[str] = set()
@@ -624,7 +712,9 @@ def _read_tar(stream: _TarStream, wanted: set[str]) -> dict[str, bytes]:
         long_name, pax = None, {}
         path = _member_path(name)
         if len(seen) >= MAX_MEMBERS:
-            raise DataError(f"{stream.path} has more than {MAX_MEMBERS} members; refusing it (CIFAR-10 has 8)")
+            raise DataError(
+                f"{stream.path} has more than {MAX_MEMBERS} members; refusing it (the official archives have 8 and 5)"
+            )
         is_folder = header.kind == _FOLDER or (header.kind == b"\0" and name.endswith("/"))  # V7 tar's folders
         if not is_folder and header.kind not in _REGULAR_FILE:
             kind = _REFUSED_KINDS.get(header.kind, f"of unknown type {_shown(header.kind)}")
@@ -643,10 +733,11 @@ def _read_tar(stream: _TarStream, wanted: set[str]) -> dict[str, bytes]:
             if size:
                 raise DataError(f"archive folder {_shown(name)} claims {size} bytes of data; refusing the archive")
             continue
-        if size > MAX_MEMBER_BYTES:
+        limit, kind = (MAX_META_BYTES, "a meta member") if path in metas else (max_member_bytes, "a member")
+        if size > limit:
             raise DataError(
-                f"archive member {_shown(name)} is {size} bytes, more than the {MAX_MEMBER_BYTES // 2**20} MiB "
-                "a member may have; refusing the archive"
+                f"archive member {_shown(name)} is {size} bytes, more than the {limit // 2**20} MiB "
+                f"{kind} may have; refusing the archive"
             )
         if path in wanted:
             found[path] = stream.read(size)
@@ -655,7 +746,9 @@ def _read_tar(stream: _TarStream, wanted: set[str]) -> dict[str, bytes]:
             stream.skip(size + -size % TAR_BLOCK)
 
 
-def _read_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
+def _read_members(
+    path: Path, wanted: set[str], max_member_bytes: int, metas: frozenset[str] = frozenset()
+) -> dict[str, bytes]:
     """Return {member path: contents} for the wanted members of the gzip-compressed tar at `path`.
 
     The whole file is read and checked, to its gzip CRC and length, before anything is returned.
@@ -671,7 +764,7 @@ def _read_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
     with raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
         stream = _TarStream(gz, path)
         try:
-            return _read_tar(stream, wanted)
+            return _read_tar(stream, wanted, max_member_bytes, metas)
         except gzip.BadGzipFile as exc:
             if stream.position == 0:
                 raise DataError(f"{path} is not a readable gzip-compressed tar archive ({exc})") from None
@@ -680,39 +773,66 @@ def _read_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
             raise DataError(f"{path} is truncated or corrupt ({exc})") from None
 
 
-def read_archive(path: Path, batches: tuple[str, ...] = (*TRAIN_BATCHES, TEST_BATCH)) -> dict[str, Any]:
-    """Return {batch name: Batch} for the named batches (default: all six), and 'label_names'.
+def _read_layout_members(path: Path, layout: Layout, members: tuple[str, ...]) -> dict[str, bytes]:
+    """Return {member name: bytes} for the named members of `layout` and its meta member, all present."""
+    wanted = {f"{layout.folder}/{name}" for name in (*members, layout.meta)}
+    found = _read_members(path, wanted, layout.max_member_bytes, frozenset({f"{layout.folder}/{layout.meta}"}))
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise DataError(
+            f"{path} has no member {missing[0]} (dataset.name {layout.dataset} expects the {layout.folder}/ layout)"
+        )
+    meta = found.pop(f"{layout.folder}/{layout.meta}")
+    return {layout.meta: meta, **{name[len(layout.folder) + 1 :]: data for name, data in found.items()}}
+
+
+def read_archive(path: Path, batches: tuple[str, ...] | None = None, layout: Layout = CIFAR10) -> dict[str, Any]:
+    """Return {batch name: Batch} for the named batches of `layout` (default: all of them), and 'label_names'.
 
     Members are read in memory; nothing is extracted to disk. Every member name is checked,
     the unread ones too, and the whole archive is read and checked before any pickle is loaded.
     """
-    wanted = {f"{BATCH_DIR}/{name}" for name in (*batches, META)}
-    members = _read_members(path, wanted)
-    missing = sorted(wanted - set(members))
-    if missing:
-        raise DataError(f"{path} has no member {missing[0]}")
-
-    meta = safe_unpickle(members.pop(f"{BATCH_DIR}/{META}"), META)
-    names = meta.get(b"label_names")
-    if not isinstance(names, list) or [
-        n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names
-    ] != list(CLASS_NAMES):
-        raise DataError(f"{META}: label_names must be the 10 CIFAR-10 classes in order, got {_shown(names)}")
-
-    result: dict[str, Any] = {"label_names": CLASS_NAMES}
+    batches = (*layout.train, layout.test) if batches is None else batches
+    members = _read_layout_members(path, layout, batches)
+    names = parse_meta(safe_unpickle(members.pop(layout.meta), layout.meta), layout)
+    result: dict[str, Any] = {"label_names": names}
     for name in dict.fromkeys(batches):
         # pop: each batch's pickle is freed once its arrays are built
-        result[name] = parse_batch(safe_unpickle(members.pop(f"{BATCH_DIR}/{name}"), name), name)
+        result[name] = parse_batch(safe_unpickle(members.pop(name), name), name, layout, names)
     return result
 
 
-def load_train(path: Path) -> Batch:
-    """Return the five training batches of the archive at `path`, joined in order."""
-    batches = read_archive(path, TRAIN_BATCHES)
-    train = [batches[name] for name in TRAIN_BATCHES]
-    return Batch(np.concatenate([b.images for b in train]), np.concatenate([b.labels for b in train]))
+def load_train(path: Path, layout: Layout = CIFAR10) -> Batch:
+    """Return the training images of the archive at `path` (CIFAR-10: its five batches, joined in order)."""
+    batches = read_archive(path, layout.train, layout)
+    train = [batches[name] for name in layout.train]
+    return Batch(
+        np.concatenate([b.images for b in train]), np.concatenate([b.labels for b in train]), batches["label_names"]
+    )
 
 
-def load_test(path: Path) -> Batch:
+def load_test(path: Path, layout: Layout = CIFAR10) -> Batch:
     """Return the test batch alone (evaluation and predictions need no training images)."""
-    return read_archive(path, (TEST_BATCH,))[TEST_BATCH]
+    return read_archive(path, (layout.test,), layout)[layout.test]
+
+
+def load_test_sets(path: Path) -> list[Batch]:
+    """Return the test images of an archive of either layout, once per kind of labels it has: CIFAR-10's
+    batch, or CIFAR-100's with fine labels, then with coarse ones. For cifar10-predict, which knows the model
+    but not the data set: it picks the one whose class names are the model's."""
+    wanted = {f"{layout.folder}/{name}" for layout in LAYOUTS.values() for name in (layout.test, layout.meta)}
+    metas = frozenset(f"{layout.folder}/{layout.meta}" for layout in LAYOUTS.values())
+    found = _read_members(path, wanted, MAX_CIFAR100_MEMBER_BYTES, metas)
+    folders = {layout.folder for layout in LAYOUTS.values() if f"{layout.folder}/{layout.test}" in found}
+    if len(folders) != 1:
+        raise DataError(
+            f"{path} must hold the test batch of exactly one data set (cifar-10-batches-py/test_batch or "
+            f"cifar-100-python/test), found {len(folders)}"
+        )
+    layouts = [layout for layout in LAYOUTS.values() if layout.folder in folders]
+    meta_name = f"{layouts[0].folder}/{layouts[0].meta}"
+    if meta_name not in found:
+        raise DataError(f"{path} has no member {meta_name}")
+    meta = safe_unpickle(found.pop(meta_name), layouts[0].meta)
+    test = safe_unpickle(found.pop(f"{layouts[0].folder}/{layouts[0].test}"), layouts[0].test)
+    return [parse_batch(test, layout.test, layout, parse_meta(meta, layout)) for layout in layouts]

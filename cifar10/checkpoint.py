@@ -19,6 +19,7 @@ import numpy as np
 import cifar10.augmentation  # noqa: F401  (registers the augmentation layer inside a checkpoint's model)
 import cifar10.model  # noqa: F401  (registers the learning-rate schedule that a checkpoint's optimizer names)
 from cifar10.atomic import atomic_dir, write_json
+from cifar10.dataset import CLASS_NAMES
 from cifar10.framework import keras, tf
 from cifar10.normalized import Stats
 from cifar10.params import TrainParams, as_dict
@@ -43,9 +44,17 @@ def code_digest(library: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(params: TrainParams, seed: int, arrays: dict[str, np.ndarray], stats: Stats, replicas: int = 1) -> str:
+def fingerprint(
+    params: TrainParams,
+    seed: int,
+    arrays: dict[str, np.ndarray],
+    stats: Stats,
+    replicas: int = 1,
+    class_names: tuple[str, ...] = CLASS_NAMES,
+) -> str:
     """Return a hash of everything that shapes the training run except the number of epochs: params, seed,
-    statistics, arrays, code (`code_digest`) and the device count of a data-parallel run.
+    statistics, arrays, code (`code_digest`), the device count of a data-parallel run and the class names
+    (their number is the network's output size).
 
     Leaving `epochs` out lets a finished run be extended (3 -> 10 epochs) from its checkpoint:
     nothing in the run depends on the total, so the result equals a straight 10-epoch run.
@@ -53,7 +62,14 @@ def fingerprint(params: TrainParams, seed: int, arrays: dict[str, np.ndarray], s
     digest = hashlib.sha256()
     settings = {k: v for k, v in as_dict(params).items() if k != "epochs"}
     # replicas: a data-parallel run visits a multiple of its device count each epoch (cifar10.input_pipeline).
-    run = {"seed": seed, "train": settings, "stats": stats.to_json(), "code": code_digest(), "replicas": replicas}
+    run = {
+        "seed": seed,
+        "train": settings,
+        "stats": stats.to_json(),
+        "code": code_digest(),
+        "replicas": replicas,
+        "class_names": list(class_names),
+    }
     digest.update(json.dumps(run, sort_keys=True).encode())
     for name in sorted(arrays):
         array = np.ascontiguousarray(arrays[name])

@@ -1,9 +1,11 @@
 """The trained classifier's files (models/): written by train, read by evaluate and cifar10-predict.
 
 models/model.keras takes raw uint8 images (N, 32, 32, 3) and returns class probabilities; the
-normalization statistics are a layer inside it. Beside it: the tutorial's model.json +
-model.weights.h5, and meta.json (the resolved params, the statistics, the class names and the training
-record: speed, device, final figures).
+normalization statistics are a layer inside it, and so are the class names: its last layer, ClassNames,
+passes the probabilities through unchanged and keeps the names in its config, so a model fetched alone
+(`cifar10-predict --rev`) still knows them. A model saved before ClassNames existed is a CIFAR-10 model.
+Beside it: the tutorial's model.json + model.weights.h5, and meta.json (the resolved params, the
+statistics, the class names and the training record: speed, device, final figures).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cifar10.atomic import atomic_dir, require_regular_file, write_json
-from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
+from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE, class_names_problem
 from cifar10.errors import DataError
 from cifar10.framework import keras
 
@@ -46,6 +48,54 @@ class Standardize(keras.layers.Layer):
         return {**super().get_config(), "channels": self.channels}
 
 
+@keras.saving.register_keras_serializable(package="cifar10")
+class ClassNames(keras.layers.Layer):
+    """The identity, carrying the names of the classes whose probabilities pass through it, in its config.
+
+    It computes nothing, so exports (SavedModel, LiteRT) see the same graph as without it. The names are
+    checked where a model is loaded (load_classifier), not here: a bad file then gets one line.
+    """
+
+    def __init__(self, class_names, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.class_names = tuple(class_names) if isinstance(class_names, list | tuple) else class_names
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        names = self.class_names
+        return {**super().get_config(), "class_names": list(names) if isinstance(names, tuple) else names}
+
+
+def with_class_names(outputs, class_names: tuple[str, ...]):
+    """Return `outputs` (a symbolic (N, classes) tensor) through a ClassNames layer holding `class_names`."""
+    return ClassNames(list(class_names), dtype="float32", name="class_names")(outputs)
+
+
+def class_names_of(model: keras.Model) -> tuple[str, ...]:
+    """Return the class names a loaded model carries; CIFAR-10's for a 10-class model saved without them.
+
+    DataError if they are unusable or do not match the model's output size.
+    """
+    layers = [layer for layer in model.layers if isinstance(layer, ClassNames)]
+    outputs = tuple(model.output_shape[1:])
+    if not layers:
+        if outputs == (len(CLASS_NAMES),):
+            return CLASS_NAMES  # saved before models carried their names: only CIFAR-10 was trained then
+        raise DataError(f"the model predicts {outputs} outputs but carries no class names (no ClassNames layer)")
+    names = layers[-1].class_names
+    problem = class_names_problem(names)
+    if problem:
+        raise DataError(f"the model's ClassNames layer {problem}")
+    if outputs != (len(names),):
+        raise DataError(f"the model predicts {outputs} outputs but carries {len(names)} class names")
+    return tuple(names)
+
+
 def save_classifier(model: keras.Model, folder: Path, meta: dict) -> None:
     """Replace `folder` with model.keras, the tutorial's model.json + model.weights.h5 and meta.json, atomically."""
     with atomic_dir(folder) as tmp:
@@ -55,9 +105,9 @@ def save_classifier(model: keras.Model, folder: Path, meta: dict) -> None:
         write_json(tmp / "meta.json", meta)
 
 
-def load_classifier(path: Path, num_classes: int = len(CLASS_NAMES)) -> keras.Model:
-    """Return the saved .keras model at `path`, after checking it takes (N, 32, 32, 3) images and returns
-    `num_classes` scores.
+def load_classifier(path: Path, num_classes: int | None = None) -> keras.Model:
+    """Return the saved .keras model at `path`, after checking it takes (N, 32, 32, 3) images, returns one
+    score per class name it carries (class_names_of), and `num_classes` of them if given.
 
     Only a regular file is opened: a FIFO would block the loader forever and /dev/zero never ends.
     """
@@ -70,8 +120,12 @@ def load_classifier(path: Path, num_classes: int = len(CLASS_NAMES)) -> keras.Mo
     in_shape, out_shape = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
     if in_shape != IMAGE_SHAPE:
         raise DataError(f"{path} takes inputs of shape {in_shape}, but CIFAR-10 images are {IMAGE_SHAPE}")
-    if out_shape != (num_classes,):
+    if num_classes is not None and out_shape != (num_classes,):
         raise DataError(f"{path} predicts {out_shape} outputs, but the data has {num_classes} classes")
+    try:
+        class_names_of(model)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
     return model
 
 

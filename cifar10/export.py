@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cifar10.atomic import atomic_dir, write_json
+from cifar10.classifier import class_names_of
 from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
 from cifar10.errors import StageError
 from cifar10.framework import keras
@@ -33,6 +34,8 @@ KERAS_FORMATS = {"saved_model": "tf_saved_model", "litert": "litert", "onnx": "o
 def export_model(model: keras.Model | None, folder: Path, formats: tuple[str, ...]) -> list[Path]:
     """Replace `folder` with the requested exports of `model` (None only when `formats` is empty), atomically;
     return the paths written."""
+    # The classes a model carries (CIFAR-10's or CIFAR-100's); a manifest without a model names CIFAR-10's.
+    class_names = class_names_of(model) if model is not None else CLASS_NAMES
     if "onnx" in formats:
         _require_tf2onnx()
         # Keras' ONNX exporter refuses a model that has never been called, as a freshly loaded one is.
@@ -44,8 +47,8 @@ def export_model(model: keras.Model | None, folder: Path, formats: tuple[str, ..
             {
                 "files": {fmt: FILES[fmt] for fmt in formats},
                 "input": "uint8 RGB images, shape (N, 32, 32, 3), pixel values 0..255",
-                "output": f"float32 class probabilities, shape (N, {len(CLASS_NAMES)})",
-                "class_names": list(CLASS_NAMES),
+                "output": f"float32 class probabilities, shape (N, {len(class_names)})",
+                "class_names": list(class_names),
             },
         )
         for fmt in formats:

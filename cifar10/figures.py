@@ -1,6 +1,8 @@
 """Pictures people would rather look at than read: image grids and a labelled confusion matrix (PNG).
 
-Pure functions from arrays to a saved PNG; matplotlib runs headless (Agg).
+Pure functions from arrays to a saved PNG; matplotlib runs headless (Agg). They stay readable with
+CIFAR-100's 100 classes: titles cut to fit their cell, at most MAX_MISTAKE_ROWS rows of mistakes, and a
+confusion matrix that grows with the classes and drops its per-cell counts past MAX_COUNTED_CLASSES.
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ import numpy as np  # noqa: E402
 from cifar10.atomic import atomic_file  # noqa: E402
 
 DPI = 100
+MAX_TITLE_CHARS = 16  # per title line in a 1.6-inch grid cell at 8 pt; longer names end in "…"
+MAX_MISTAKE_ROWS = 20  # classes shown in mistakes.png; with 100 classes, those with the most confident mistakes
+MAX_COUNTED_CLASSES = 20  # above this, the confusion matrix shows colours only: 10,000 numbers would be a blur
+
+
+def short_name(text: str, limit: int = MAX_TITLE_CHARS) -> str:
+    """Return `text` cut to `limit` characters, the last one "…" when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -35,7 +45,7 @@ def labelled_grid(
         ax.axis("off")
     for ax, image, title, colour in zip(axes.flat, images, titles, colours):
         ax.imshow(image, interpolation="nearest")
-        ax.set_title(title, fontsize=8, color=colour)
+        ax.set_title("\n".join(short_name(line) for line in title.split("\n")), fontsize=8, color=colour)
     fig.suptitle(suptitle, fontsize=10)
     _save(fig, path)
 
@@ -93,16 +103,23 @@ def mistakes_grid(
     class_names: tuple[str, ...],
     path: Path,
     per_class: int = 8,
+    max_rows: int = MAX_MISTAKE_ROWS,
 ) -> None:
     """A row per true class with mistakes: its most confident ones, titled with the predicted class and probability.
 
     Classes without a mistake get no row, and the grid is only as wide as the longest row, so the figure
-    holds no empty cells beyond the ends of rows.
+    holds no empty cells beyond the ends of rows. Of more than `max_rows` such classes, the `max_rows` whose
+    most confident mistake is the most confident are shown, in class order, and the title says so.
     """
     rows = [
         (name, row) for name, row in zip(class_names, confident_mistakes(probabilities, predicted, labels, per_class))
     ]
     rows = [(name, row) for name, row in rows if len(row)]
+    with_mistakes = len(rows)
+    if with_mistakes > max_rows:
+        top = probabilities.max(axis=1)
+        keep = sorted(np.argsort([-top[row[0]] for _, row in rows], kind="stable")[:max_rows])
+        rows = [rows[i] for i in keep]
     if not rows:
         fig, ax = plt.subplots(figsize=(4, 1))
         ax.axis("off")
@@ -119,28 +136,41 @@ def mistakes_grid(
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if k == 0:
-                ax.set_ylabel(name, fontsize=9, rotation=0, ha="right", va="center")
+                ax.set_ylabel(short_name(name, 24), fontsize=9, rotation=0, ha="right", va="center")
             if k < len(row):
                 i = row[k]
                 ax.imshow(images[i], interpolation="nearest")
-                ax.set_title(f"{class_names[predicted[i]]} {probabilities[i, predicted[i]]:.2f}", fontsize=7)
+                guess = short_name(class_names[predicted[i]], 13)
+                ax.set_title(f"{guess} {probabilities[i, predicted[i]]:.2f}", fontsize=7)
             else:  # past the end of a shorter row (column 0 always holds an image)
                 ax.axis("off")
-    fig.suptitle("Most confident mistakes per true class (title: predicted class, probability)", fontsize=10)
+    shown = f" ({len(rows)} of the {with_mistakes} classes with mistakes)" if len(rows) < with_mistakes else ""
+    fig.suptitle(
+        f"Most confident mistakes per true class{shown} (title: predicted class, probability)", fontsize=10
+    )
     fig.subplots_adjust(wspace=0.05, hspace=0.45)
     _save(fig, path)
 
 
 def confusion_png(counts: np.ndarray, class_names: tuple[str, ...], path: Path, accuracy: float) -> None:
-    """The confusion matrix with class names and counts; rows are true classes."""
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    """The confusion matrix with class names and counts; rows are true classes.
+
+    Up to MAX_COUNTED_CLASSES classes it is 7.5 x 6.5 inches with each count written in its cell; with more
+    (CIFAR-100) it grows by 0.16 inch a class, names in 6 pt, and colours alone tell the counts.
+    """
+    n = len(class_names)
+    counted = n <= MAX_COUNTED_CLASSES
+    size = (7.5, 6.5) if counted else (0.16 * n + 3, 0.16 * n + 2)
+    fig, ax = plt.subplots(figsize=size)
     shown = ax.imshow(counts, cmap="Blues")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xticks(range(n), class_names, rotation=45 if counted else 90, ha="right" if counted else "center")
+    ax.set_yticks(range(n), class_names)
+    if not counted:
+        ax.tick_params(labelsize=6)
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
     threshold = counts.max() / 2 if counts.size else 0
-    for i in range(counts.shape[0]):
+    for i in range(counts.shape[0] if counted else 0):
         for j in range(counts.shape[1]):
             ax.text(
                 j,

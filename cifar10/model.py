@@ -2,14 +2,14 @@
 
 With the default params this is the Keras tutorial's CNN: three blocks of
 [Conv2D 3x3 same + L2 -> ELU -> BatchNorm] x 2 -> MaxPool 2x2 -> Dropout (32/64/128 filters,
-dropout 0.2/0.3/0.4), then Flatten -> Dense(10, softmax): 309,290 parameters.
+dropout 0.2/0.3/0.4), then Flatten -> Dense(classes, softmax): 309,290 parameters for CIFAR-10's 10 classes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cifar10.classifier import Standardize
+from cifar10.classifier import Standardize, with_class_names
 from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
 from cifar10.framework import keras
 from cifar10.normalized import Stats
@@ -60,18 +60,21 @@ def build_seed_cnn(
     return keras.Model(inputs, outputs, name=CORE_NAME)
 
 
-def build_inference_model(core: keras.Model, stats: Stats) -> keras.Model:
+def build_inference_model(core: keras.Model, stats: Stats, class_names: tuple[str, ...] = CLASS_NAMES) -> keras.Model:
     """Return a model that takes raw uint8 images (N, 32, 32, 3), normalizes them with `stats`, then runs `core`.
 
-    Saved as .keras, it needs nothing else: the statistics are the weights of its Standardize layer.
+    Saved as .keras, it needs nothing else: the statistics are the weights of its Standardize layer, the names
+    of `core`'s classes (one per output) are in its last layer (cifar10.classifier.ClassNames).
     """
+    if tuple(core.output_shape[1:]) != (len(class_names),):
+        raise ValueError(f"the network has {core.output_shape[1:]} outputs for {len(class_names)} class names")
     inputs = keras.Input(IMAGE_SHAPE, dtype="uint8", name="image")
     x = keras.layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)  # uint8 -> float32, values unchanged
     normalize = Standardize(len(stats.mean), dtype="float32", name="zscore")
     # Computed as normalize_images does (float64 sum, then float32), so the arrays and the model agree exactly.
     normalize.mean.assign(np.asarray(stats.mean, dtype=np.float32))
     normalize.scale.assign(np.asarray(1.0 / (np.asarray(stats.std) + stats.eps), dtype=np.float32))
-    outputs = core(normalize(x))
+    outputs = with_class_names(core(normalize(x)), class_names)
     return keras.Model(inputs, outputs, name="cifar10_classifier")
 
 

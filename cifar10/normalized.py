@@ -1,7 +1,8 @@
 """The normalized data that normalize hands to train and preview: `{x,y}_{train,val}.npy` and stats.json.
 
 Writer and reader live side by side here, so the format has one owner. Images are float32 NHWC,
-z-scored with the statistics in stats.json (0..255 pixel units); labels are 1-D integer class indices.
+z-scored with the statistics in stats.json (0..255 pixel units); labels are 1-D integer class indices
+into stats.json's `class_names` (the archive's, from its meta member: 10, 100 or 20 of them).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cifar10.atomic import atomic_dir, write_json
-from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
+from cifar10.dataset import IMAGE_SHAPE, checked_class_names
 from cifar10.errors import DataError
 
 PARTS = ("train", "val")  # the test images are read from the archive by evaluate, never from here
@@ -60,14 +61,20 @@ def denormalize_images(normalized: np.ndarray, stats: Stats) -> np.ndarray:
     return np.clip(np.rint(raw), 0, 255).astype(np.uint8)
 
 
-def write_normalized(folder: Path, arrays: dict[str, np.ndarray], stats: Stats, method: str) -> None:
-    """Replace `folder` with the arrays x_<part>, y_<part> for each part in PARTS and stats.json, atomically."""
+def write_normalized(
+    folder: Path, arrays: dict[str, np.ndarray], stats: Stats, method: str, class_names: tuple[str, ...]
+) -> None:
+    """Replace `folder` with the arrays x_<part>, y_<part> for each part in PARTS and stats.json (statistics,
+    counts and the class names the labels index), atomically."""
     with atomic_dir(folder) as tmp:
         for part in PARTS:
             np.save(tmp / f"x_{part}.npy", arrays[f"x_{part}"].astype(np.float32, copy=False))
             np.save(tmp / f"y_{part}.npy", arrays[f"y_{part}"])
         counts = {part: int(len(arrays[f"y_{part}"])) for part in PARTS}
-        write_json(tmp / STATS_FILE, {"method": method, **stats.to_json(), "counts": counts})
+        write_json(
+            tmp / STATS_FILE,
+            {"method": method, **stats.to_json(), "counts": counts, "class_names": list(class_names)},
+        )
 
 
 def _load_array(path: Path) -> np.ndarray:
@@ -80,7 +87,8 @@ def _load_array(path: Path) -> np.ndarray:
 
 
 def read_normalized(folder: Path, parts: tuple[str, ...] = PARTS) -> tuple[dict[str, np.ndarray], Stats]:
-    """Return ({x_<part>, y_<part>}, stats) from `folder`, checking shapes, dtypes and label ranges."""
+    """Return ({x_<part>, y_<part>}, stats) from `folder`, checking shapes, dtypes and that every label indexes
+    one of stats.json's class names (read_class_names)."""
     arrays: dict[str, np.ndarray] = {}
     for part in parts:
         x, y = _load_array(folder / f"x_{part}.npy"), _load_array(folder / f"y_{part}.npy")
@@ -90,17 +98,44 @@ def read_normalized(folder: Path, parts: tuple[str, ...] = PARTS) -> tuple[dict[
             raise DataError(f"{folder}/y_{part}.npy must be a 1-D integer array, got {y.dtype} {y.shape}")
         if len(x) != len(y):
             raise DataError(f"{folder}: x_{part}.npy has {len(x)} images but y_{part}.npy has {len(y)} labels")
-        if y.size and (y.min() < 0 or y.max() >= len(CLASS_NAMES)):
-            raise DataError(f"{folder}/y_{part}.npy has labels outside 0..{len(CLASS_NAMES) - 1}")
         arrays[f"x_{part}"], arrays[f"y_{part}"] = x, y
+    num_classes = len(read_class_names(folder))
+    for part in parts:
+        y = arrays[f"y_{part}"]
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise DataError(f"{folder}/y_{part}.npy has labels outside 0..{num_classes - 1}")
     return arrays, read_stats(folder / STATS_FILE)
 
 
-def read_stats(path: Path) -> Stats:
-    """Read and check stats.json."""
+MAX_STATS_BYTES = 2**20  # stats.json is under 2 KiB for CIFAR-100; refuse anything larger unread
+
+
+def _read_stats_json(path: Path) -> dict:
     try:
-        return Stats.from_json(json.loads(path.read_text()), str(path))
+        with path.open("rb") as f:
+            data = f.read(MAX_STATS_BYTES + 1)
     except FileNotFoundError:
         raise DataError(f"{path} not found; run the normalize stage first") from None
+    if len(data) > MAX_STATS_BYTES:
+        raise DataError(f"{path} is larger than {MAX_STATS_BYTES // 2**20} MiB; run the normalize stage again")
+    try:
+        raw = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path} must hold a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def read_stats(path: Path) -> Stats:
+    """Read and check stats.json's statistics."""
+    return Stats.from_json(_read_stats_json(path), str(path))
+
+
+def read_class_names(folder: Path) -> tuple[str, ...]:
+    """Return the class names in `folder`/stats.json, which the labels index, after checking them."""
+    path = folder / STATS_FILE
+    raw = _read_stats_json(path)
+    if "class_names" not in raw:
+        raise DataError(f"{path} has no class_names (written before CIFAR-100 support); run the normalize stage again")
+    return checked_class_names(raw["class_names"], f"{path}: class_names")

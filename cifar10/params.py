@@ -24,6 +24,13 @@ from cifar10.errors import ParamError
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+# The official archive of each data set: (url, md5). download refuses the other data set's md5 or URL.
+OFFICIAL_ARCHIVES = {"cifar10": (OFFICIAL_URL, OFFICIAL_MD5), "cifar100": (CIFAR100_URL, CIFAR100_MD5)}
+
+DATASETS = ("cifar10", "cifar100")
+LABEL_KINDS = ("fine", "coarse")  # CIFAR-100's 100 classes or its 20 superclasses; CIFAR-10 has fine only
 
 NORMALIZE_METHODS = ("global", "per_channel")
 ACTIVATIONS = ("elu", "relu", "gelu", "swish")
@@ -131,6 +138,37 @@ class DownloadParams:
         _check(self.deadline <= 604_800, "download.deadline", "must be at most 604800 seconds (7 days)", self.deadline)
         _check(self.max_bytes > 0, "download.max_bytes", "must be a positive number of bytes", self.max_bytes)
         _check(self.max_bytes <= 2**36, "download.max_bytes", "must be at most 2**36 bytes (64 GiB)", self.max_bytes)
+
+
+@dataclass(frozen=True)
+class DatasetParams:
+    name: str  # one of DATASETS: which archive layout download, normalize and evaluate expect
+    labels: str  # one of LABEL_KINDS: fine (CIFAR-10's 10 or CIFAR-100's 100 classes) or coarse (CIFAR-100's 20)
+
+    def __post_init__(self) -> None:
+        _check(self.name in DATASETS, "dataset.name", f"must be one of {DATASETS}", self.name)
+        _check(self.labels in LABEL_KINDS, "dataset.labels", f"must be one of {LABEL_KINDS}", self.labels)
+        _check(
+            self.name == "cifar100" or self.labels == "fine",
+            "dataset.labels",
+            "coarse needs dataset.name cifar100 (CIFAR-10 has only its 10 fine classes)",
+            self.labels,
+        )
+
+
+def check_archive_matches_dataset(download: DownloadParams, dataset: DatasetParams) -> None:
+    """Raise ParamError when download.url or download.md5 is the official archive of another data set than
+    dataset.name, naming the URL and md5 to set instead."""
+    url, md5 = OFFICIAL_ARCHIVES[dataset.name]
+    for other, (other_url, other_md5) in OFFICIAL_ARCHIVES.items():
+        if other == dataset.name:
+            continue
+        key = "md5" if download.md5.lower() == other_md5 else "url" if download.url == other_url else None
+        if key:
+            raise _refuse(
+                f"download.{key} is the official {other} archive's, but dataset.name is {dataset.name}; "
+                f"set -S download.url={url} -S download.md5={md5}"
+            )
 
 
 @dataclass(frozen=True)
@@ -315,6 +353,7 @@ class ResourceParams:
 
 
 SECTIONS: dict[str, type] = {
+    "dataset": DatasetParams,
     "download": DownloadParams,
     "normalize": NormalizeParams,
     "train": TrainParams,

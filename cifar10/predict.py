@@ -1,4 +1,4 @@
-"""cifar10-predict: classify image files (any size, PNG/JPEG/...) or test-set samples with the trained model.
+"""cifar10-predict (or cifar-predict): classify image files (any size, PNG/JPEG/...) or test-set samples.
 
     cifar10-predict cat.png truck.jpg            # top-3 classes, one line per image
     cifar10-predict --test-samples 16 --json     # the first 16 test images, as JSON lines
@@ -8,7 +8,9 @@ Default paths are those of the repository this runs in, from any folder inside i
 above holding dvc.yaml). --rev and --repo fetch models/model.keras with `dvc.api` from a git revision of
 this repository or of another one (a URL or path), through the DVC cache or remote.
 
-The model (models/model.keras) takes raw uint8 RGB images and normalizes them itself. Every input that
+The model (models/model.keras) takes raw uint8 RGB images and normalizes them itself, and carries its class
+names (CIFAR-10's 10, or CIFAR-100's 100 fine or 20 coarse ones); --test-samples reads the test batch of either
+archive layout, with the labels whose names are the model's. Every input that
 cannot be used (a missing or broken file, a FIFO or a device, a decompression bomb, an image file over
 64 MiB or 50 Mpx, a test batch with no images) gets one `error: <input>: <reason>` line on stderr; the
 others are still classified, and the exit status is 1 if any failed.
@@ -31,7 +33,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from cifar10.archive import load_test
+from cifar10.archive import Batch, load_test_sets
 from cifar10.atomic import NO_SUCH_FILE, non_regular_file_reason
 from cifar10.dataset import CLASS_NAMES, IMAGE_SHAPE
 from cifar10.errors import StageError
@@ -151,8 +153,9 @@ def load_image(path: Path) -> np.ndarray:
         raise StageError(f"{path}: cannot be opened ({exc.strerror})") from None
 
 
-def load_test_samples(archive: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return the first `count` images and labels of the archive's test batch (fewer if it holds fewer).
+def load_test_samples(archive: Path, count: int) -> list[Batch]:
+    """Return the first `count` images of the archive's test batch (fewer if it holds fewer), once per kind of
+    labels the archive has (CIFAR-10: one; CIFAR-100: fine, then coarse), each with its class names.
 
     StageError if the archive is missing (saying how to get it), is not a regular file, or its test batch
     holds no images.
@@ -165,14 +168,26 @@ def load_test_samples(archive: Path, count: int) -> tuple[np.ndarray, np.ndarray
         )
     if reason:
         raise StageError(f"{archive}: {reason}")
-    test = load_test(archive)
-    if not len(test.labels):
+    sets = load_test_sets(archive)
+    if not len(sets[0].labels):
         raise StageError(f"{archive}: the test batch holds no images")
-    return test.images[:count], test.labels[:count]
+    return [Batch(s.images[:count], s.labels[:count], s.class_names) for s in sets]
+
+
+def samples_for(sets: list[Batch], class_names: tuple[str, ...], archive: Path) -> Batch:
+    """Return the test samples whose labels name the model's classes; StageError if none do."""
+    for batch in sets:
+        if batch.class_names == class_names:
+            return batch
+    found = " or ".join(str(len(s.class_names)) for s in sets)
+    raise StageError(
+        f"{archive}: its test labels name {found} classes, none of them the model's {len(class_names)} "
+        f"({', '.join(class_names[:3])}, ...); pass the archive the model was trained on with --archive"
+    )
 
 
 MODEL_PATH = Path("models/model.keras")  # relative to the repository's root
-ARCHIVE_PATH = Path("data/raw/cifar-10-python.tar.gz")
+ARCHIVE_PATH = Path("data/raw/archive.tar.gz")
 MAX_MODEL_BYTES = 2**31  # a fetched model larger than 2 GiB is refused; the tutorial's model is 5 MB
 
 
@@ -234,10 +249,15 @@ def fetch_model(rev: str | None, repo: str | None, into: Path, root: Path | None
     return target
 
 
-def top_k(probabilities: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+def top_k(
+    probabilities: np.ndarray, k: int, class_names: tuple[str, ...] = CLASS_NAMES
+) -> list[list[tuple[str, float]]]:
     """For each row of probabilities, the k most likely (class name, probability)."""
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    return [[(CLASS_NAMES[j], float(row[j])) for j in idx] for row, idx in zip(probabilities, order)]
+    return [[(class_names[j], float(row[j])) for j in idx] for row, idx in zip(probabilities, order)]
+
+
+PROGRAMS = ("cifar10-predict", "cifar-predict")  # the console scripts, one entry point
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns the exit status: 0 if every input was classified, else 1.
     """
-    parser = argparse.ArgumentParser(prog="cifar10-predict", description=__doc__.splitlines()[0])
+    prog = Path(sys.argv[0]).name if Path(sys.argv[0]).name in PROGRAMS else PROGRAMS[0]
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument(
         "images",
         nargs="*",
@@ -267,17 +288,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--archive",
         type=Path,
-        help=f"the CIFAR-10 archive, for --test-samples (default: the repository's {ARCHIVE_PATH})",
+        help=f"the CIFAR-10 or CIFAR-100 archive, for --test-samples (default: the repository's {ARCHIVE_PATH})",
     )
-    parser.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
+    parser.add_argument(
+        "--top", type=int, default=3, help="classes shown per image, at most the model's classes (default 3)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
     if args.test_samples < 0:
         parser.error("--test-samples must be 0 or more")
     if not args.images and args.test_samples == 0:
         parser.error("give image files or --test-samples N")
-    if not 1 <= args.top <= len(CLASS_NAMES):
-        parser.error(f"--top must be in 1..{len(CLASS_NAMES)}")
+    if args.top < 1:
+        parser.error("--top must be at least 1")
     if args.model and (args.rev or args.repo):
         parser.error("give --model or --rev/--repo, not both")
     root = repository_root(Path.cwd())
@@ -305,30 +328,42 @@ def main(argv: list[str] | None = None) -> int:
         except StageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failures += 1
+    sample_sets: list[Batch] = []
     if args.test_samples > 0:
         try:
-            samples, labels = load_test_samples(args.archive, args.test_samples)
+            sample_sets = load_test_samples(args.archive, args.test_samples)
         except StageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failures += 1
-        else:
-            images.extend(samples)
-            names.extend(f"test:{i}" for i in range(len(samples)))
-            truths.extend(CLASS_NAMES[c] for c in labels)
-    if not images:
+    if not images and not sample_sets:
         return 1  # every input failed, each with its line above
     try:
         # Keras (and TensorFlow) load only now, so `--help` and argument errors answer at once.
-        from cifar10.classifier import load_classifier, predict_probabilities
+        from cifar10.classifier import class_names_of, load_classifier, predict_probabilities
 
         with tempfile.TemporaryDirectory(prefix="cifar10-predict-") as fetched:
             path = args.model or fetch_model(args.rev, args.repo, Path(fetched), root)
             model = load_classifier(path)
+        class_names = class_names_of(model)
+        if args.top > len(class_names):
+            raise StageError(f"--top {args.top} is more than the model's {len(class_names)} classes")
+        if sample_sets:
+            try:
+                samples = samples_for(sample_sets, class_names, args.archive)
+            except StageError as exc:  # the files named are still classified
+                print(f"error: {exc}", file=sys.stderr)
+                failures += 1
+            else:
+                images.extend(samples.images)
+                names.extend(f"test:{i}" for i in range(len(samples.images)))
+                truths.extend(class_names[c] for c in samples.labels)
+        if not images:
+            return 1
         probabilities = predict_probabilities(model, np.stack(images), batch_size=256)
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for name, top, truth in zip(names, top_k(probabilities, args.top), truths):
+    for name, top, truth in zip(names, top_k(probabilities, args.top, class_names), truths):
         prediction = Prediction(name, top, truth)
         print(prediction.as_json() if args.json else prediction.as_line())
     return 1 if failures else 0

@@ -13,6 +13,7 @@ from dvclive import Live
 
 from cifar10.augmentation import build_trainer
 from cifar10.checkpoint import Resume, fingerprint, load_checkpoint, save_checkpoint
+from cifar10.dataset import CLASS_NAMES
 from cifar10.distribution import Distribution, build_from_batch, fit_input, reset_distribution
 from cifar10.errors import StageError
 from cifar10.framework import accelerator, keras, tf
@@ -124,6 +125,7 @@ def train_model(
     live: Live | None = None,
     checkpoints: Path | None = None,
     distribution: Distribution | None = None,
+    class_names: tuple[str, ...] = CLASS_NAMES,
 ) -> TrainResult:
     """Train the CNN on normalized arrays (x_train, y_train, x_val, y_val) and return the inference model.
 
@@ -131,6 +133,8 @@ def train_model(
     there at the start is resumed from. An empty validation part (val_size 0) skips validation.
     `distribution`: a data-parallel run's set-up (cifar10.distribution); each batch splits evenly over its
     devices. It ends with the training: the returned model is built on one device.
+    `class_names`: the classes the labels index (stats.json's); the network gets one output per name, and the
+    inference model carries the names.
     """
     distribution = distribution or Distribution()
     replicas = distribution.replicas
@@ -145,7 +149,7 @@ def train_model(
     x_val, y_val = arrays["x_val"][:keep], arrays["y_val"][:keep]
     val_batch = max(replicas, VAL_BATCH - VAL_BATCH % replicas)
     steps = steps_per_epoch(len(x_train), params.batch_size, replicas)
-    run_fingerprint = fingerprint(params, seed, arrays, stats, replicas)
+    run_fingerprint = fingerprint(params, seed, arrays, stats, replicas, class_names)
     resume = load_checkpoint(checkpoints, run_fingerprint, params.epochs) if checkpoints else Resume(None)
     if checkpoints:
         print(f"train: {resume.reason}")
@@ -155,7 +159,8 @@ def train_model(
         # Under a tf.distribute strategy each replica would normalize its batches by its own slice's statistics;
         # synchronized, they are the global batch's, as on one device (JAX runs one program over the batch).
         synced = distribution.engine is not None and replicas > 1
-        trainer = build_trainer(build_seed_cnn(params, seed, sync_batch_norm=synced), params)
+        network = build_seed_cnn(params, seed, num_classes=len(class_names), sync_batch_norm=synced)
+        trainer = build_trainer(network, params)
         trainer.compile(
             optimizer=make_optimizer(params, steps),
             loss=keras.losses.SparseCategoricalCrossentropy(),  # categorical cross-entropy on integer labels
@@ -184,9 +189,9 @@ def train_model(
     training_policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy("float32")
     try:
-        export_core = build_seed_cnn(params, seed)
+        export_core = build_seed_cnn(params, seed, num_classes=len(class_names))
         export_core.set_weights(core.get_weights())
-        model = build_inference_model(export_core, stats)
+        model = build_inference_model(export_core, stats, class_names)
     finally:
         keras.mixed_precision.set_dtype_policy(training_policy)
     return TrainResult(model, epoch_log.history, epoch_log.epoch_seconds, len(x_train), resume.epochs_done, replicas)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from cifar10.dataset import CLASS_NAMES
 from cifar10.devices import pin_stage_devices
 from cifar10.errors import run_stage
 from cifar10.figures import labelled_grid
 from cifar10.input_pipeline import draw_augmentation
-from cifar10.normalized import denormalize_images, read_normalized
+from cifar10.normalized import denormalize_images, read_class_names, read_normalized
 from cifar10.params import TrainParams
 from cifar10.seeds import stream_seed
 from cifar10.stage import start_stage
@@ -45,6 +44,7 @@ def main() -> None:
     )
     pin_stage_devices(args.params)  # before Keras starts
     arrays, stats = read_normalized(args.data, ("train",))
+    class_names = read_class_names(args.data)
     x_train, y_train = arrays["x_train"], arrays["y_train"]
     picked = np.random.default_rng(stream_seed(seed, "preview")).choice(
         len(x_train), size=min(ROWS, len(x_train)), replace=False
@@ -52,7 +52,7 @@ def main() -> None:
     originals = x_train[picked]
     copies = augmented_copies(originals, params, seed, COPIES)
     tiles = np.concatenate([originals[:, None], copies], axis=1).reshape(-1, *originals.shape[1:])
-    titles = [CLASS_NAMES[y_train[i]] if k == 0 else f"aug {k}" for i in picked for k in range(COPIES + 1)]
+    titles = [class_names[y_train[i]] if k == 0 else f"aug {k}" for i in picked for k in range(COPIES + 1)]
     labelled_grid(
         denormalize_images(tiles, stats),
         titles,

@@ -13,10 +13,9 @@ import json
 import time
 
 from cifar10.atomic import write_json
-from cifar10.dataset import CLASS_NAMES
 from cifar10.devices import devices_note, pin_stage_devices, request_determinism
 from cifar10.errors import run_stage
-from cifar10.normalized import read_normalized
+from cifar10.normalized import read_class_names, read_normalized
 from cifar10.params import as_dict
 from cifar10.stage import start_stage
 
@@ -48,18 +47,22 @@ def main() -> None:
     # First: JAX's processes must connect, and TensorFlow's multi-worker strategy be made, before anything runs.
     distribution = configure_distribution(resources.strategy)
     arrays, stats = read_normalized(args.data)
+    class_names = read_class_names(args.data)
     device = configure_runtime(params, seed)
     if note := devices_note(devices, device):
         print(f"train: {note}")
     if resources.strategy != "one":
         print(f"train: {distribution.describe(resources.strategy)}")
-    print(f"train: {len(arrays['x_train'])} training, {len(arrays['x_val'])} validation images on {device}")
+    print(
+        f"train: {len(arrays['x_train'])} training, {len(arrays['x_val'])} validation images, "
+        f"{len(class_names)} classes, on {device}"
+    )
 
     start = time.perf_counter()
     # dvcyaml=False: dvc.yaml is hand-written and declares the plots; DVCLive only writes its files.
     # The resolved params travel in models/meta.json, so DVCLive logs only the per-epoch metrics.
     with Live(str(args.live), dvcyaml=False, save_dvc_exp=False) as live:
-        result = train_model(arrays, stats, params, seed, live, args.checkpoints, distribution)
+        result = train_model(arrays, stats, params, seed, live, args.checkpoints, distribution, class_names)
     wall = time.perf_counter() - start
 
     summary = summarize(result, params, device, wall)
@@ -67,7 +70,7 @@ def main() -> None:
         "seed": seed,
         "train": as_dict(params),
         "stats": stats.to_json(),
-        "class_names": list(CLASS_NAMES),
+        "class_names": list(class_names),  # also inside model.keras (its ClassNames layer)
         "training": summary,  # speed, device and final figures travel with the model, not in the metrics
     }
     save_classifier(result.model, args.models, meta)

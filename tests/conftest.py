@@ -1,4 +1,4 @@
-"""Shared fixtures: a small synthetic archive in the exact CIFAR-10 layout, a local HTTP server,
+"""Shared fixtures: small synthetic archives in the exact CIFAR-10 and CIFAR-100 layouts, a local HTTP server,
 and a throwaway git + DVC copy of the project for end-to-end runs."""
 
 from __future__ import annotations
@@ -56,10 +56,48 @@ def synthetic_batches(seed: int = 0, per_batch: int = PER_BATCH, test_images: in
     return members
 
 
-def write_archive(path: Path, members: dict, extra: dict[str, bytes] | None = None) -> str:
-    """Write a gzip tar with each member pickled under cifar-10-batches-py/; return its md5."""
+# CIFAR-100's layout: 100 fine classes in 20 coarse ones (here fine class c is in coarse class c // 5).
+FINE_NAMES = [f"fine_{i:02d}" for i in range(100)]
+COARSE_NAMES = [f"coarse_{i:02d}" for i in range(20)]
+CIFAR100_TRAIN = 200  # images in cifar-100-python/train: 2 of each fine class
+CIFAR100_TEST = 100  # images in cifar-100-python/test: 1 of each fine class
+
+
+def synthetic_cifar100(seed: int = 0, train: int = CIFAR100_TRAIN, test: int = CIFAR100_TEST) -> dict:
+    """Return {member name: dict} as in cifar-100-python.tar.gz: train and test, each with fine_labels (0..99),
+    coarse_labels (0..19), data (uint8 rows of R, G, B planes), filenames and batch_label; and meta with
+    fine_label_names and coarse_label_names (bytes, as Python 2 pickled them)."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(30, 225, size=(100, 3))
+
+    def batch(n: int, label: str) -> dict:
+        fine = [int(i % 100) for i in rng.permutation(n)]
+        planes = np.stack([np.full((3, 32, 32), colours[c][:, None, None]) for c in fine]).astype(np.int16)
+        planes += rng.integers(-30, 31, size=planes.shape)
+        return {
+            b"filenames": [f"img_{label}_{i}.png".encode() for i in range(n)],
+            b"batch_label": label.encode(),
+            b"fine_labels": fine,
+            b"coarse_labels": [c // 5 for c in fine],
+            b"data": np.clip(planes, 0, 255).astype(np.uint8).reshape(n, 3072),
+        }
+
+    return {
+        "train": batch(train, "training batch 1 of 1"),
+        "test": batch(test, "testing batch 1 of 1"),
+        "meta": {
+            b"fine_label_names": [n.encode() for n in FINE_NAMES],
+            b"coarse_label_names": [n.encode() for n in COARSE_NAMES],
+        },
+    }
+
+
+def write_archive(
+    path: Path, members: dict, extra: dict[str, bytes] | None = None, folder: str = "cifar-10-batches-py"
+) -> str:
+    """Write a gzip tar with each member pickled under `folder`/; return its md5."""
     with tarfile.open(path, "w:gz") as tar:
-        entries = {f"cifar-10-batches-py/{name}": pickle.dumps(obj, protocol=2) for name, obj in members.items()}
+        entries = {f"{folder}/{name}": pickle.dumps(obj, protocol=2) for name, obj in members.items()}
         entries.update(extra or {})
         for name, payload in entries.items():
             info = tarfile.TarInfo(name)
@@ -73,6 +111,14 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A valid synthetic archive and its md5."""
     path = tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz"
     md5 = write_archive(path, synthetic_batches())
+    return path, md5
+
+
+@pytest.fixture(scope="session")
+def archive100(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A valid synthetic CIFAR-100 archive (with the official one's stray `file.txt~` too) and its md5."""
+    path = tmp_path_factory.mktemp("archive100") / "cifar-100-python.tar.gz"
+    md5 = write_archive(path, synthetic_cifar100(), {"cifar-100-python/file.txt~": b""}, folder="cifar-100-python")
     return path, md5
 
 

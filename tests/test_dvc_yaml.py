@@ -67,7 +67,8 @@ def test_train_does_not_depend_on_the_archive_reader_nor_on_normalize():
 
 
 def _params_read_by_code(module: str) -> set[str]:
-    """The params.yaml sections a stage script reads: start_stage's `section`, and `seed` when `seeded`."""
+    """The params.yaml sections a stage script reads: start_stage's `section` (a name or a tuple of names), and
+    `seed` when `seeded`."""
     calls = [
         node
         for node in ast.walk(ast.parse(_module_file(module).read_text()))
@@ -75,7 +76,9 @@ def _params_read_by_code(module: str) -> set[str]:
     ]
     assert len(calls) == 1, module
     keywords = {k.arg: ast.literal_eval(k.value) for k in calls[0].keywords}
-    return {keywords["section"]} | ({"seed"} if keywords["seeded"] else set())
+    section = keywords["section"]
+    sections = set(section) if isinstance(section, tuple) else {section}
+    return sections | ({"seed"} if keywords["seeded"] else set())
 
 
 def test_each_stage_reads_only_the_params_it_declares():
@@ -83,10 +86,10 @@ def test_each_stage_reads_only_the_params_it_declares():
         declared = {p.split(".")[0] for p in stage.get("params", [])}
         assert _params_read_by_code(f"stages.{name}") == declared, name
     assert {name: {p.split(".")[0] for p in s["params"]} for name, s in _stages().items()} == {
-        "download": {"download"},
-        "normalize": {"seed", "normalize"},
+        "download": {"download", "dataset"},
+        "normalize": {"seed", "normalize", "dataset"},
         "train": {"seed", "train"},
-        "evaluate": {"evaluate"},
+        "evaluate": {"evaluate", "dataset"},
         "gate": {"gate"},
         "export": {"export"},
         "preview": {"seed", "train"},

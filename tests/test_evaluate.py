@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar10.classifier import load_classifier, predict_probabilities
+from cifar10.classifier import class_names_of, load_classifier, predict_probabilities, with_class_names
+from cifar10.dataset import CLASS_NAMES
 from cifar10.errors import DataError
 from cifar10.evaluation import (
     LOSS_FLOOR,
@@ -52,6 +53,9 @@ def _save(tmp_path: Path, shape: tuple, classes: int) -> Path:
 def test_models_that_do_not_fit_the_data_are_refused(tmp_path: Path):
     assert load_classifier(_save(tmp_path, (32, 32, 3), 10)).output_shape == (None, 10)
     with pytest.raises(DataError, match=r"predicts \(5,\) outputs, but the data has 10 classes"):
+        load_classifier(_save(tmp_path, (32, 32, 3), 5), num_classes=10)
+    # A model without a ClassNames layer is a CIFAR-10 model from before CIFAR-100 support: 10 outputs only.
+    with pytest.raises(DataError, match=r"m5_32x32x3.keras: the model predicts \(5,\) outputs but carries no class"):
         load_classifier(_save(tmp_path, (32, 32, 3), 5))
     with pytest.raises(DataError, match=r"takes inputs of shape \(28, 28, 1\), but CIFAR-10 images are \(32, 32, 3\)"):
         load_classifier(_save(tmp_path, (28, 28, 1), 10))
@@ -145,3 +149,26 @@ def test_a_probability_a_hair_above_one_never_makes_the_loss_negative():
     labels = np.array([0, 1])
     scores = score_predictions(probabilities, labels, confusion_matrix(labels, probabilities.argmax(axis=1), 2))
     assert scores["test_loss"] == -np.log(0.5) / 2  # exactly: the first image's probability counts as 1
+
+
+def _named(tmp_path: Path, classes: int, names) -> Path:
+    inputs = keras.Input((32, 32, 3))
+    probabilities = keras.layers.Dense(classes, activation="softmax")(keras.layers.Flatten()(inputs))
+    path = tmp_path / "named.keras"
+    keras.Model(inputs, with_class_names(probabilities, names)).save(path)
+    return path
+
+
+def test_class_names_travel_inside_the_model_file_and_are_checked_on_load(tmp_path: Path):
+    names = tuple(f"class {i}" for i in range(20))
+    model = load_classifier(_named(tmp_path, 20, names))
+    assert class_names_of(model) == names and model.output_shape == (None, 20)
+    assert class_names_of(load_classifier(_save(tmp_path, (32, 32, 3), 10))) == CLASS_NAMES  # an old model
+    for classes, bad, message in (
+        (3, ["a", "b"], "the model predicts (3,) outputs but carries 2 class names"),
+        (2, ["a", "a"], "the model's ClassNames layer class names must be distinct, got 'a' twice"),
+        (2, ["a", "$x$"], "the model's ClassNames layer class names must be letters or digits"),
+    ):
+        with pytest.raises(DataError) as info:
+            load_classifier(_named(tmp_path, classes, bad))
+        assert str(info.value).startswith(f"{tmp_path / 'named.keras'}: {message}")

@@ -32,7 +32,7 @@ def train_workdir(tmp_path: Path, archive) -> Path:
     """A folder with normalized arrays and a params.yaml for a tiny deterministic training of many epochs."""
     train = load_train(archive[0])
     arrays, stats = split_and_normalize(train.images, train.labels, normalize_params(val_size=20), seed=42)
-    write_normalized(tmp_path / "data", arrays, stats, "global")
+    write_normalized(tmp_path / "data", arrays, stats, "global", train.class_names)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"].update({**TINY_TRAIN, "epochs": 8, "deterministic": True})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -172,7 +172,7 @@ def test_default_paths_are_the_repositorys_from_any_folder_inside_it(tmp_path, s
     # --test-samples needs the archive too, and says how to get it rather than "not found".
     assert predict_main(["--test-samples", "3"]) == 1
     assert capsys.readouterr().err.strip() == (
-        f"error: {repo / 'data/raw/cifar-10-python.tar.gz'} not found; --test-samples reads the archive's test "
+        f"error: {repo / 'data/raw/archive.tar.gz'} not found; --test-samples reads the archive's test "
         "batch: fetch it with `dvc pull download` (or `dvc repro download`), or pass --archive PATH"
     )
 

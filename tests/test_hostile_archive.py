@@ -23,9 +23,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar10.archive import ALLOWED_GLOBALS, MAX_MEMBERS, read_archive, safe_unpickle
+from cifar10.archive import ALLOWED_GLOBALS, MAX_MEMBERS, layout_of, read_archive, safe_unpickle
 from cifar10.errors import DataError
-from tests.conftest import PER_BATCH, ROOT, run_limited, synthetic_batches, write_archive
+from tests.conftest import (
+    CIFAR100_TEST,
+    CIFAR100_TRAIN,
+    FINE_NAMES,
+    PER_BATCH,
+    ROOT,
+    run_limited,
+    synthetic_batches,
+    synthetic_cifar100,
+    write_archive,
+)
 
 GiB = 2**30
 MiB = 2**20
@@ -149,7 +159,7 @@ def test_the_allowed_globals_are_exactly_numpys_array_parts_and_codecs_encode():
     ],
 )
 def test_any_other_global_is_refused_whichever_opcode_names_it(module: str, name: str):
-    message = f"data_batch_1 is not a CIFAR-10 batch pickle: refused to load {module}.{name}"
+    message = f"data_batch_1 is not a CIFAR batch pickle: refused to load {module}.{name}"
     with pytest.raises(DataError) as by_global:
         safe_unpickle(pickled({b"data": call(module, name, 1)}), "data_batch_1")
     assert str(by_global.value) == message
@@ -204,7 +214,7 @@ MEMORY_UNSAFE = {
             ),
             after={b"x": build(memo_get(9), OBJECT_FIELD_STATE)},
         ),
-        "data_batch_1 is not a CIFAR-10 batch pickle: refused a second BUILD of numpy.dtype",
+        "data_batch_1 is not a CIFAR batch pickle: refused a second BUILD of numpy.dtype",
     ),
     # numpy.ndarray((n,), <V1 with a (3072,) uint8 subarray>, 1-byte buffer): uint8 (n, 3072) over 1 byte,
     # so every check passes and n * 3072 bytes of process memory become images.
@@ -398,7 +408,7 @@ def test_pickle_memory_bombs_cost_nothing(tmp_path: Path):
     # A million opcodes that each make an object (a list, 56 bytes, from 1 byte of pickle) are refused.
     lists = b"\x80\x02" + b"]" * 1_500_000 + b"."
     line, peak_kib = refusal_in_subprocess(archive_with(tmp_path / "lists.tar.gz", "data_batch_1", lists))
-    assert line == "error: data_batch_1 is not a CIFAR-10 batch pickle: more than 1,000,000 pickle operations"
+    assert line == "error: data_batch_1 is not a CIFAR batch pickle: more than 1,000,000 pickle operations"
     assert peak_kib < 512 * 1024
 
 
@@ -484,7 +494,9 @@ def test_members_that_together_expand_too_far_are_refused_while_streaming(tmp_pa
     bomb = tmp_path / "bomb.tar.gz"
     bomb.write_bytes(gzip_of([*segments, (plain_tar(), 1)]))
     line, peak_kib = refusal_in_subprocess(bomb)
-    assert line == f"error: {bomb} decompresses to more than 512 MiB, far more than CIFAR-10 needs; refusing it"
+    assert line == (
+        f"error: {bomb} decompresses to more than 512 MiB, far more than CIFAR-10 or CIFAR-100 needs; refusing it"
+    )
     assert peak_kib < 128 * 1024
 
 
@@ -714,7 +726,7 @@ def test_too_many_members_are_refused(tmp_path: Path):
     path.write_bytes(gzip.compress(plain_tar(entries=extra)))
     with pytest.raises(DataError) as info:
         read_archive(path)
-    assert str(info.value) == f"{path} has more than 1000 members; refusing it (CIFAR-10 has 8)"
+    assert str(info.value) == f"{path} has more than 1000 members; refusing it (the official archives have 8 and 5)"
 
 
 def test_an_archive_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path: Path):
@@ -738,7 +750,7 @@ def test_a_deeply_nested_key_is_refused_instead_of_crashing_the_hash(tmp_path: P
     }[container]
     line, _ = refusal_in_subprocess(archive_with(tmp_path / "deep.tar.gz", "data_batch_1", payload))
     expected = "refused a dict key of type tuple" if container != "frozenset" else "refused pickle opcode FROZENSET"
-    assert line == f"error: data_batch_1 is not a CIFAR-10 batch pickle: {expected}"
+    assert line == f"error: data_batch_1 is not a CIFAR batch pickle: {expected}"
 
 
 @pytest.mark.parametrize("size", ["²", "9" * 5000])
@@ -771,3 +783,133 @@ def test_pax_records_split_at_the_first_equals_and_keep_any_bytes():
         with pytest.raises(DataError) as info:
             _pax_records(malformed, stream)
         assert str(info.value) == "a.tar.gz is truncated or corrupt (a malformed pax header)"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CIFAR-100: the same reader, the cifar-100-python/ layout, class names from its meta member.
+
+CIFAR100_META = "cifar-100-python/meta"
+TRAIN_N, TEST_N = CIFAR100_TRAIN, CIFAR100_TEST
+
+
+def cifar100_with(path: Path, changes: dict[str, dict], drop: tuple[str, ...] = ()) -> Path:
+    """Write the synthetic CIFAR-100 archive with entries of its members replaced and some members left out."""
+    members = synthetic_cifar100()
+    for name, entries in changes.items():
+        members[name] = {**members[name], **entries}
+    write_archive(path, {k: v for k, v in members.items() if k not in drop}, folder="cifar-100-python")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("labels", "changes", "drop", "message"),
+    [
+        ("fine", {"train": {b"fine_labels": [100] * TRAIN_N}}, (), "train: fine_labels must be in 0..99, got 100"),
+        ("coarse", {"test": {b"coarse_labels": [20] * TEST_N}}, (), "test: coarse_labels must be in 0..19, got 20"),
+        ("fine", {"train": {b"fine_labels": [-1] * TRAIN_N}}, (), "train: fine_labels must be in 0..99, got -1"),
+        ("coarse", {"train": {b"coarse_labels": [True] * TRAIN_N}}, (), "train: labels must be a list of integers"),
+        ("fine", {"train": {b"fine_labels": [0] * 3}}, (), f"train: 3 labels for {TRAIN_N} images"),
+        ("fine", {"test": {b"fine_labels": None}}, (), "test: labels must be a list of integers"),
+        (
+            "fine",
+            {"meta": {b"fine_label_names": [n.encode() for n in FINE_NAMES[:99]]}},
+            (),
+            "meta: fine_label_names must list 100 class names, got 99",
+        ),
+        (
+            "coarse",
+            {"meta": {b"coarse_label_names": [n.encode() for n in FINE_NAMES[:21]]}},
+            (),
+            "meta: coarse_label_names must list 20 class names, got 21",
+        ),
+        (
+            "fine",
+            {"meta": {b"fine_label_names": list(range(100))}},
+            (),
+            "meta: fine_label_names class names must be strings, got int 0",
+        ),
+        (
+            "fine",
+            {"meta": {b"fine_label_names": [b"x" * 100_000, *FINE_NAMES[1:]]}},
+            (),
+            "meta: fine_label_names class names must be at most 64 characters, got one of 100,000",
+        ),
+        (
+            "fine",
+            {"meta": {b"fine_label_names": [b"$\\frac$", *FINE_NAMES[1:]]}},
+            (),
+            "meta: fine_label_names class names must be letters or digits, then also space and _ - . , ' ( ) & +, "
+            "got '$\\\\frac$'",
+        ),
+        (
+            "fine",
+            {"meta": {b"fine_label_names": ["", *FINE_NAMES[1:]]}},
+            (),
+            "meta: fine_label_names class names must be letters or digits",
+        ),
+        (
+            "coarse",
+            {"meta": {b"coarse_label_names": [b"same"] * 20}},
+            (),
+            "meta: coarse_label_names class names must be distinct, got 'same' twice",
+        ),
+        (
+            "fine",
+            {"meta": {b"fine_label_names": [b"\xff\xfe", *FINE_NAMES[1:]]}},
+            (),
+            "meta: fine_label_names: class names must be UTF-8 text",
+        ),
+        ("coarse", {"meta": {b"coarse_label_names": "not a list"}}, (), "must be a list of class names, got str"),
+        ("fine", {}, ("meta",), "has no member cifar-100-python/meta (dataset.name cifar100 expects"),
+        ("fine", {}, ("test",), "has no member cifar-100-python/test (dataset.name cifar100 expects"),
+        ("coarse", {"meta": {b"fine_label_names": []}}, (), None),  # only the names of the labels in use count
+    ],
+)
+def test_hostile_cifar100_labels_names_and_members_are_refused_in_one_line(tmp_path, labels, changes, drop, message):
+    path = cifar100_with(tmp_path / "a.tar.gz", changes, drop)
+    layout = layout_of("cifar100", labels)
+    if message is None:
+        assert len(read_archive(path, None, layout)["label_names"]) == 20
+        return
+    with pytest.raises(DataError) as info:
+        read_archive(path, None, layout)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_cifar10_archive_read_as_cifar100_names_the_layout_it_expected(archive):
+    with pytest.raises(DataError) as info:
+        read_archive(archive[0], None, layout_of("cifar100", "fine"))
+    assert str(info.value) == (
+        f"{archive[0]} has no member cifar-100-python/meta (dataset.name cifar100 expects the cifar-100-python/ layout)"
+    )
+
+
+READ_CIFAR100 = READ_ARCHIVE.replace(
+    "run_stage(lambda: read_archive(Path(sys.argv[1])))",
+    "from cifar10.archive import layout_of\n"
+    "run_stage(lambda: read_archive(Path(sys.argv[1]), None, layout_of('cifar100', sys.argv[2])))",
+)
+
+
+@pytest.mark.parametrize("labels", ["fine", "coarse"])
+def test_a_cifar100_meta_claiming_gigabytes_is_refused_at_its_header(tmp_path: Path, labels: str):
+    # A 3 MB file whose meta member expands to 3 GiB of zeros: refused before one byte of it is kept.
+    bomb = tmp_path / "bomb.tar.gz"
+    bomb.write_bytes(gzip_of([(tar_header(CIFAR100_META, 3 * GiB), 1), (bytes(MiB), 3 * 1024), (bytes(1024), 1)]))
+    result = run_limited([sys.executable, "-c", READ_CIFAR100, str(bomb), labels], cwd=ROOT, memory_mb=1024)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.splitlines() == [
+        f"error: archive member '{CIFAR100_META}' is 3221225472 bytes, more than the 1 MiB a meta member may have; "
+        "refusing the archive"
+    ]
+    assert int(result.stdout.split()[-1]) < 128 * 1024  # peak RSS in KiB
+
+
+def test_a_cifar100_meta_of_many_names_is_refused_under_the_memory_limit(tmp_path: Path):
+    # 100,000 names (str, as Python 3 pickles them) in a meta under its 1 MiB cap: refused by count, cheaply.
+    path = cifar100_with(tmp_path / "many.tar.gz", {"meta": {b"fine_label_names": ["a"] * 100_000}})
+    result = run_limited([sys.executable, "-c", READ_CIFAR100, str(path), "fine"], cwd=ROOT, memory_mb=1024)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.splitlines() == ["error: meta: fine_label_names must list 100 class names, got 100000"]

@@ -23,7 +23,7 @@ from cifar10.normalized import (
 )
 from cifar10.preprocessing import compute_stats, split_and_normalize, stratified_split
 from cifar10.seeds import stream_seed
-from tests.conftest import PER_BATCH, normalize_params
+from tests.conftest import CLASS_NAMES, PER_BATCH, normalize_params
 
 
 def test_split_is_stratified_exact_disjoint_and_seeded():
@@ -102,7 +102,7 @@ def test_written_arrays_read_back_unchanged(tmp_path: Path, archive):
     train = load_train(archive[0])
     for val_size in (0, 20):
         arrays, stats = split_and_normalize(train.images, train.labels, normalize_params(val_size=val_size), seed=1)
-        write_normalized(tmp_path / f"v{val_size}", arrays, stats, "global")
+        write_normalized(tmp_path / f"v{val_size}", arrays, stats, "global", train.class_names)
         back, back_stats = read_normalized(tmp_path / f"v{val_size}")
         assert back_stats == stats
         assert set(back) == set(arrays) and all(np.array_equal(back[k], arrays[k]) for k in arrays)
@@ -113,7 +113,8 @@ def _write(folder: Path, arrays: dict) -> None:
     folder.mkdir(exist_ok=True)
     for name, array in arrays.items():
         np.save(folder / f"{name}.npy", array)
-    (folder / "stats.json").write_text(json.dumps({"mean": [120.0], "std": [60.0], "eps": 1e-7}))
+    stats = {"mean": [120.0], "std": [60.0], "eps": 1e-7, "class_names": list(CLASS_NAMES)}
+    (folder / "stats.json").write_text(json.dumps(stats))
 
 
 def test_hand_edited_arrays_are_refused(tmp_path: Path):
@@ -162,13 +163,15 @@ def test_stats_json_is_written_with_the_method_and_the_counts(tmp_path: Path):
         "x_val": np.zeros((1, 32, 32, 3), np.float32),
         "y_val": np.array([4], np.uint8),
     }
-    write_normalized(tmp_path / "n", arrays, Stats((1.0, 2.0, 3.0), (4.0, 5.0, 6.0), 0.5), "per_channel")
+    names = ("a", "b", "c", "d", "e")
+    write_normalized(tmp_path / "n", arrays, Stats((1.0, 2.0, 3.0), (4.0, 5.0, 6.0), 0.5), "per_channel", names)
     assert json.loads((tmp_path / "n/stats.json").read_text()) == {
         "method": "per_channel",
         "mean": [1.0, 2.0, 3.0],
         "std": [4.0, 5.0, 6.0],
         "eps": 0.5,
         "counts": {"train": 3, "val": 1},
+        "class_names": list(names),
     }
     assert read_stats(tmp_path / "n/stats.json") == Stats((1.0, 2.0, 3.0), (4.0, 5.0, 6.0), 0.5)
 

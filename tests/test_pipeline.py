@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from cifar10.archive import load_test
+from cifar10.classifier import class_names_of
 from cifar10.dataset import CLASS_NAMES
 from cifar10.framework import keras
 from tests.conftest import PER_BATCH, TEST_IMAGES, TINY_TRAIN, dvc, git, run, set_params
@@ -153,8 +154,10 @@ def test_repro_produces_every_output_and_caches(served_project: Path, archive):
     assert float(val_point["loss"]) == pytest.approx(training["val_loss"])
 
     # The saved model takes raw uint8 images, and the tutorial's json + weights give the same predictions.
+    # Its last layer carries the class names (cifar10.classifier.ClassNames, registered by that import).
     test = load_test(archive[0])
     model = keras.models.load_model(repo / "models/model.keras", compile=False)
+    assert class_names_of(model) == CLASS_NAMES
     probabilities = model.predict(test.images, verbose=0)
     assert CLASS_NAMES[int(probabilities[0].argmax())] == rows[0]["predicted"]
     twin = keras.models.model_from_json((repo / "models/model.json").read_text())

@@ -8,6 +8,7 @@ import pytest
 from cifar10.archive import load_test, load_train
 from cifar10.errors import StageError
 from cifar10.input_pipeline import train_batches
+from cifar10.model import CORE_NAME
 from cifar10.normalized import normalize_images
 from cifar10.preprocessing import compute_stats
 from cifar10.training import configure_runtime, summarize, train_model
@@ -64,7 +65,7 @@ def test_deterministic_reruns_are_identical(tiny_data):
 def test_bfloat16_training_exports_a_float32_model(tiny_data):
     result, _ = _train(tiny_data, mixed_precision="bfloat16", epochs=1)
     assert {w.dtype for w in result.model.get_weights()} == {np.dtype(np.float32)}
-    assert all(layer.dtype_policy.name == "float32" for layer in result.model.layers[-1].layers)
+    assert all(layer.dtype_policy.name == "float32" for layer in result.model.get_layer(CORE_NAME).layers)
     configure_runtime(train_params(), seed=0)  # back to float32 for the other tests
 
 
