@@ -99,7 +99,12 @@ def test_committed_params_are_the_tutorial_recipe():
         ("resources", ResourceParams, {"devices": [1024]}, "0..1023 at most once, got [1024]"),
         ("resources", ResourceParams, {"devices": list(range(65))}, "must list up to 64 GPU indices"),
         ("resources", ResourceParams, {"devices": ["0"]}, "resources.devices[0] must be an integer, got '0'"),
-        ("resources", ResourceParams, {"strategy": "multi"}, "resources.strategy must be one of ('one', 'mirrored')"),
+        (
+            "resources",
+            ResourceParams,
+            {"strategy": "multi"},
+            "resources.strategy must be one of ('one', 'mirrored', 'multi_worker')",
+        ),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(section, cls, raw, message):
