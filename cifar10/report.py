@@ -129,6 +129,18 @@ def write_offline_template(dvc_dir: Path) -> Path:
     return path
 
 
+def post_comment(report: Path) -> str:
+    """Post `report` as a pull-request comment with CML (`cml comment create`); return the line to print.
+
+    Without CML on PATH the report stays a file, and the line says so. CML's failure raises SubprocessError.
+    """
+    cml = shutil.which("cml")
+    if cml is None:
+        return "report: CML is not installed (npm install -g @dvcorg/cml); the report is in the file above"
+    subprocess.run([cml, "comment", "create", str(report)], check=True, timeout=DVC_DEADLINE_S)
+    return f"report: posted {report} with cml comment create"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cifar10-report", description=__doc__.splitlines()[0])
     parser.add_argument("--rev", default="main", help="the git revision to compare against (default: main)")
@@ -146,11 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         images = write_report(args.rev, args.out, root)
         print(f"report: {args.out} with {len(images)} images in {args.out.stem}-images/")
         if args.comment:
-            cml = shutil.which("cml")
-            if cml is None:
-                print("report: CML is not installed (npm install -g @dvcorg/cml); the report is in the file above")
-                return 0
-            subprocess.run([cml, "comment", "create", str(args.out)], check=True, timeout=DVC_DEADLINE_S)
+            print(post_comment(args.out))
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -5,14 +5,18 @@ The end-to-end report and offline `dvc plots show` run in tests/test_pipeline.py
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import vl_convert
 from dvc_render import VegaRenderer
 
 from cifar10.errors import StageError
-from cifar10.report import PAGE, render_png
+from cifar10.report import PAGE, post_comment, render_png
 from tests.conftest import ROOT
 
 
@@ -54,3 +58,33 @@ def test_a_chart_that_would_load_a_url_is_refused_not_fetched():
     }
     with pytest.raises(StageError, match=r"^cannot draw a chart \("):
         render_png(spec)
+
+
+def _stand_in_cml(folder: Path, exit_code: int) -> Path:
+    """An executable named cml that records its arguments (CML itself is not in this machine's npm registry)."""
+    folder.mkdir()
+    script = folder / "cml"
+    record = "open(sys.argv[0] + '.args', 'w').write(' '.join(sys.argv[1:]))"
+    script.write_text(f"#!{sys.executable}\nimport sys\n{record}\nsys.exit({exit_code})\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_the_report_is_posted_with_cml_comment_create_and_stays_a_file_without_cml(tmp_path: Path, monkeypatch):
+    report = tmp_path / "report.md"
+    report.write_text("## Metrics\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert post_comment(report) == (
+        "report: CML is not installed (npm install -g @dvcorg/cml); the report is in the file above"
+    )
+    cml = _stand_in_cml(tmp_path / "bin", 0)
+    monkeypatch.setenv("PATH", f"{cml.parent}{os.pathsep}{os.environ['PATH']}")
+    assert post_comment(report) == f"report: posted {report} with cml comment create"
+    assert Path(f"{cml}.args").read_text() == f"comment create {report}"
+
+
+def test_a_failing_cml_raises_the_error_that_main_reports_in_one_line(tmp_path: Path, monkeypatch):
+    cml = _stand_in_cml(tmp_path / "bin", 3)
+    monkeypatch.setenv("PATH", f"{cml.parent}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(subprocess.CalledProcessError):
+        post_comment(tmp_path / "report.md")
