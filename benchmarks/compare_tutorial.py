@@ -83,9 +83,10 @@ def run_tutorial(raw: Path, epochs: int, work: Path) -> float:
     return json.loads(result.read_text())["images_per_second"]
 
 
-def run_stage(normalized: Path, epochs: int, precision: str, work: Path) -> float:
+def run_stage(normalized: Path, epochs: int, precision: str, work: Path, **train: object) -> float:
+    """Run the train stage on `normalized` with the committed params but these; return its images/s."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update({"epochs": epochs, "mixed_precision": precision})
+    params["train"].update({"epochs": epochs, "mixed_precision": precision, **train})
     params_file = work / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     out = work / f"stage-{precision}"

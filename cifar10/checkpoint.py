@@ -107,8 +107,9 @@ def save_checkpoint(
         write_json(tmp / STATE_FILE, state)
 
 
-def load_checkpoint(folder: Path, run_fingerprint: str, epochs: int) -> Resume:
-    """Return where to start: the checkpoint in `folder` if it matches `run_fingerprint` and fits in `epochs`."""
+def resume_point(folder: Path, run_fingerprint: str, epochs: int) -> Resume:
+    """Return where to start, from the checkpoint's state file alone (no model is loaded): after its epochs if it
+    matches `run_fingerprint` and fits in `epochs`, else at epoch 1 with the reason."""
     state_path = folder / STATE_FILE
     if not state_path.is_file():
         return Resume(None, reason="no checkpoint, starting at epoch 1")
@@ -127,6 +128,17 @@ def load_checkpoint(folder: Path, run_fingerprint: str, epochs: int) -> Resume:
         return Resume(None, reason=CHANGED)
     if done > epochs:
         return Resume(None, reason=f"checkpoint is at epoch {done}, past train.epochs={epochs}, starting fresh")
+    return Resume(None, done, history, seconds, f"resuming after epoch {done} of {epochs}")
+
+
+def load_checkpoint(folder: Path, run_fingerprint: str, epochs: int) -> Resume:
+    """Return where to start: the checkpoint in `folder`, its model loaded, if it matches `run_fingerprint` and
+    fits in `epochs` (resume_point); a model that does not load means starting fresh."""
+    point = resume_point(folder, run_fingerprint, epochs)
+    if not point.epochs_done:
+        return point
+    state = json.loads((folder / STATE_FILE).read_text())  # read whole and checked by resume_point
+    done, history, seconds = point.epochs_done, point.history, point.epoch_seconds
     try:
         model = keras.models.load_model(folder / MODEL_FILE)
         variables, saved = _seed_states(model), state["seed_states"]

@@ -34,6 +34,8 @@ class Standardize(keras.layers.Layer):
 
     def __init__(self, channels: int, **kwargs) -> None:
         super().__init__(**kwargs)
+        if channels not in (1, 3):  # the config comes from a model file: no size beyond the images' own
+            raise ValueError(f"Standardize takes 1 (global) or 3 (per-channel) statistics, got {channels!r}")
         self.channels = channels
         self.mean = self.add_weight(shape=(channels,), initializer="zeros", trainable=False, name="mean")
         self.scale = self.add_weight(shape=(channels,), initializer="ones", trainable=False, name="scale")
@@ -119,7 +121,7 @@ def load_classifier(path: Path, num_classes: int | None = None) -> keras.Model:
         raise DataError(f"{path} is not a loadable Keras model ({type(exc).__name__}: {detail})") from None
     in_shape, out_shape = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
     if in_shape != IMAGE_SHAPE:
-        raise DataError(f"{path} takes inputs of shape {in_shape}, but CIFAR-10 images are {IMAGE_SHAPE}")
+        raise DataError(f"{path} takes inputs of shape {in_shape}, but CIFAR images are {IMAGE_SHAPE}")
     if num_classes is not None and out_shape != (num_classes,):
         raise DataError(f"{path} predicts {out_shape} outputs, but the data has {num_classes} classes")
     try:

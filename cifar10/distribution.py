@@ -75,6 +75,11 @@ def _jax_distribution(strategy: str) -> Distribution:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         keras.distribution.initialize()  # jax.distributed.initialize from the variables above
     devices = keras.distribution.list_devices()  # every process's devices, in process order
+    if len(jax.local_devices()) * jax.process_count() != len(devices):
+        raise StageError(
+            f"resources.strategy {strategy}: the {jax.process_count()} processes must hold the same number of "
+            f"devices ({len(devices)} in all, {len(jax.local_devices())} here)"
+        )
     # Each process feeds its own slice of every batch (fit_input), so Keras must not shard the input again.
     data_parallel = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
     keras.distribution.set_distribution(data_parallel)
@@ -88,8 +93,16 @@ def _tf_distribution(strategy: str) -> Distribution:
         engine = tf.distribute.MultiWorkerMirroredStrategy()
         _average_scalars_across_workers()
         resolver = engine.cluster_resolver
-        workers = len(resolver.cluster_spec().as_dict().get("worker", [])) or 1
-        worker = resolver.task_id if resolver.task_type == "worker" else 0
+        cluster = resolver.cluster_spec().as_dict()
+        if set(cluster) != {"worker"} or resolver.task_type != "worker":
+            # A chief or evaluator task would hold replicas that the slicing below does not count.
+            raise StageError(
+                "resources.strategy multi_worker: TF_CONFIG must list only \"worker\" tasks (worker 0 is the "
+                f"chief), got {sorted(cluster)} and task type {resolver.task_type!r}"
+            )
+        workers, worker = len(cluster["worker"]), resolver.task_id
+        if engine.num_replicas_in_sync % workers:
+            raise StageError(f"resources.strategy multi_worker: the {workers} workers must hold equal device counts")
     else:
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         engine = tf.distribute.MirroredStrategy(devices=[d.name for d in devices])
@@ -122,6 +135,39 @@ def _average_scalars_across_workers() -> None:
     tf_trainer.reduce_per_replica = reduce_per_replica
 
 
+def check_workers_agree(distribution: Distribution, run_fingerprint: str, epochs_done: int) -> None:
+    """Stop every worker of a multi-worker run, in one line, unless all have the same run (params, seed, data,
+    code: the checkpoint fingerprint) and resume from the same epoch. Otherwise they would wait on each other
+    forever (different step counts), or train different weights under the name of one model."""
+    if distribution.workers == 1:
+        return
+    # The fingerprint's first 64 bits as four 16-bit numbers, exact in float32, plus the epoch.
+    mine = np.array([*(int(run_fingerprint[i : i + 4], 16) for i in range(0, 16, 4)), epochs_done], np.float32)
+    if distribution.engine is None:
+        from jax.experimental import multihost_utils
+
+        everyone = np.asarray(multihost_utils.process_allgather(mine))
+    else:
+        engine = distribution.engine
+
+        @tf.function
+        def gather() -> tf.Tensor:
+            return engine.gather(engine.run(lambda: tf.constant(mine)[None]), axis=0)
+
+        everyone = gather().numpy()  # one row per replica
+    if not (everyone == everyone[0]).all():
+        reasons = []
+        if len({tuple(row[:-1]) for row in everyone}) > 1:
+            reasons.append("different params, seed, data or code")
+        epochs = sorted({int(row[-1]) for row in everyone})
+        if len(epochs) > 1:
+            reasons.append(f"checkpoints at epochs {epochs}")
+        raise StageError(
+            f"the {distribution.workers} workers of this multi_worker run disagree ({' and '.join(reasons)}); run the "
+            "same commit and params everywhere, and remove checkpoints/ on every worker to start over"
+        )
+
+
 def reset_distribution() -> None:
     """Undo configure_distribution in this process (tests train several ways in one process)."""
     if keras.backend.backend() == "jax":
@@ -137,6 +183,19 @@ def slices(batch: Batch, first: int, count: int, replicas: int) -> Iterator[Batc
     for k in range(first, first + count):
         part = slice(k * size, (k + 1) * size)
         yield (images[part], draws[part]), labels[part]
+
+
+class ProcessPart:
+    """This process's contiguous part of arrays that every process holds whole (the validation set): all of them
+    except under JAX across processes, where Keras takes each process's batches as its share of the global one."""
+
+    def __init__(self, distribution: Distribution) -> None:
+        self.worker = distribution.worker
+        self.share = distribution.workers if distribution.engine is None else 1
+
+    def __call__(self, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        size = len(arrays[0]) // self.share  # the arrays are cut to a multiple of the device count already
+        return tuple(a[self.worker * size : (self.worker + 1) * size] if self.share > 1 else a for a in arrays)
 
 
 def fit_input(stream: Callable[[], Iterable[Batch]], distribution: Distribution) -> Any:

@@ -1,4 +1,4 @@
-"""Fetch the CIFAR-10 archive from `download.url` and verify its md5 (the download stage's core).
+"""Fetch the CIFAR-10 or CIFAR-100 archive from `download.url` and verify its md5 (the download stage's core).
 
 http(s) downloads retry what may pass (connection errors, timeouts, 408, 429, 5xx) with exponential backoff or
 the server's Retry-After, resume with a Range request where the server allows it, and fail at once on what no

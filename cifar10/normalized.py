@@ -120,8 +120,9 @@ def _read_stats_json(path: Path) -> dict:
         raise DataError(f"{path} is larger than {MAX_STATS_BYTES // 2**20} MiB; run the normalize stage again")
     try:
         raw = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid JSON ({exc})") from None
+    # ValueError covers bad JSON, bad UTF-8 and a number of thousands of digits; RecursionError deep nesting.
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{path} is not valid JSON ({str(exc)[:200]})") from None
     if not isinstance(raw, dict):
         raise DataError(f"{path} must hold a JSON object, got {type(raw).__name__}")
     return raw

@@ -32,6 +32,7 @@ KEY_PLOTS = (
 )
 KEY_IMAGES = ("plots/evaluate/confusion.png", "plots/evaluate/mistakes.png")
 DVC_DEADLINE_S = 600.0  # per dvc command; metrics and plots of a few revisions take seconds
+CML_DEADLINE_S = 300.0  # posting a comment: a few requests to the forge's API and image uploads
 OFFLINE_TEMPLATE = "tmp/plots-offline.html"  # under .dvc/ (git-ignored there); DVC resolves it from .dvc/
 
 # DVC's own page (dvc_render.html.PAGE_HTML) with the scripts inline instead of `{scripts}` (CDN tags).
@@ -137,7 +138,7 @@ def post_comment(report: Path) -> str:
     cml = shutil.which("cml")
     if cml is None:
         return "report: CML is not installed (npm install -g @dvcorg/cml); the report is in the file above"
-    subprocess.run([cml, "comment", "create", str(report)], check=True, timeout=DVC_DEADLINE_S)
+    subprocess.run([cml, "comment", "create", str(report)], check=True, timeout=CML_DEADLINE_S)
     return f"report: posted {report} with cml comment create"
 
 
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except subprocess.SubprocessError as exc:
-        print(f"error: cml comment create failed ({exc})", file=sys.stderr)
+        print(f"error: cml comment create failed ({exc}); the report is in {args.out}", file=sys.stderr)
         return 1
     except OSError as exc:  # writing the report or its images: a full disk, a read-only folder
         print(f"error: {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)

@@ -12,9 +12,16 @@ import numpy as np
 from dvclive import Live
 
 from cifar10.augmentation import build_trainer
-from cifar10.checkpoint import Resume, fingerprint, load_checkpoint, save_checkpoint
+from cifar10.checkpoint import Resume, fingerprint, load_checkpoint, resume_point, save_checkpoint
 from cifar10.dataset import CLASS_NAMES
-from cifar10.distribution import Distribution, build_from_batch, fit_input, reset_distribution
+from cifar10.distribution import (
+    Distribution,
+    ProcessPart,
+    build_from_batch,
+    check_workers_agree,
+    fit_input,
+    reset_distribution,
+)
 from cifar10.errors import StageError
 from cifar10.framework import accelerator, keras, tf
 from cifar10.input_pipeline import steps_per_epoch, train_batches, usable_images, validation_inputs
@@ -150,41 +157,54 @@ def train_model(
     val_batch = max(replicas, VAL_BATCH - VAL_BATCH % replicas)
     steps = steps_per_epoch(len(x_train), params.batch_size, replicas)
     run_fingerprint = fingerprint(params, seed, arrays, stats, replicas, class_names)
-    resume = load_checkpoint(checkpoints, run_fingerprint, params.epochs) if checkpoints else Resume(None)
-    if checkpoints:
-        print(f"train: {resume.reason}")
-    if resume.model is not None:
-        trainer = resume.model
-    else:
-        # Under a tf.distribute strategy each replica would normalize its batches by its own slice's statistics;
-        # synchronized, they are the global batch's, as on one device (JAX runs one program over the batch).
-        synced = distribution.engine is not None and replicas > 1
-        network = build_seed_cnn(params, seed, num_classes=len(class_names), sync_batch_norm=synced)
-        trainer = build_trainer(network, params)
-        trainer.compile(
-            optimizer=make_optimizer(params, steps),
-            loss=keras.losses.SparseCategoricalCrossentropy(),  # categorical cross-entropy on integer labels
-            metrics=["accuracy"],
-        )
-    core = trainer.get_layer(CORE_NAME)
-    if distribution.engine is not None:
-        build_from_batch(trainer, next(train_batches(x_train, y_train, params, seed, replicas=replicas)))
-    epoch_log = EpochLog(live, checkpoints, run_fingerprint, resume, steps)
-    if resume.epochs_done < params.epochs:
-        trainer.fit(
-            fit_input(
-                lambda: train_batches(x_train, y_train, params, seed, resume.epochs_done, replicas), distribution
-            ),
-            initial_epoch=resume.epochs_done,
-            epochs=params.epochs,
-            steps_per_epoch=steps,
-            shuffle=False,  # the batches are shuffled already, seeded per epoch
-            validation_data=validation_inputs(x_val, y_val) if len(x_val) else None,
-            validation_batch_size=val_batch,
-            callbacks=[epoch_log],
-            verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, one line per epoch in logs
-        )
-    reset_distribution()
+    # Under JAX across processes each process validates its own part, which Keras assembles into the global batch.
+    own_part = ProcessPart(distribution)
+    try:
+        # The workers of a multi-worker run agree on where to start before any of them loads a model: loading runs
+        # collective operations, which must happen on all workers or on none.
+        point = resume_point(checkpoints, run_fingerprint, params.epochs) if checkpoints else Resume(None)
+        check_workers_agree(distribution, run_fingerprint, point.epochs_done)
+        resume = load_checkpoint(checkpoints, run_fingerprint, params.epochs) if point.epochs_done else point
+        if checkpoints:
+            print(f"train: {resume.reason}")
+        if resume.epochs_done != point.epochs_done and distribution.workers > 1:
+            raise StageError(
+                f"worker {distribution.worker} cannot resume its checkpoint ({resume.reason}); remove checkpoints/ "
+                "on every worker to start over"
+            )
+        if resume.model is not None:
+            trainer = resume.model
+        else:
+            # Under a tf.distribute strategy each replica would normalize its batches by its own slice's statistics;
+            # synchronized, they are the global batch's, as on one device (JAX runs one program over the batch).
+            synced = distribution.engine is not None and replicas > 1
+            network = build_seed_cnn(params, seed, num_classes=len(class_names), sync_batch_norm=synced)
+            trainer = build_trainer(network, params)
+            trainer.compile(
+                optimizer=make_optimizer(params, steps),
+                loss=keras.losses.SparseCategoricalCrossentropy(),  # categorical cross-entropy on integer labels
+                metrics=["accuracy"],
+            )
+        core = trainer.get_layer(CORE_NAME)
+        if distribution.engine is not None:
+            build_from_batch(trainer, next(train_batches(x_train, y_train, params, seed, replicas=replicas)))
+        epoch_log = EpochLog(live, checkpoints, run_fingerprint, resume, steps)
+        if resume.epochs_done < params.epochs:
+            trainer.fit(
+                fit_input(
+                    lambda: train_batches(x_train, y_train, params, seed, resume.epochs_done, replicas), distribution
+                ),
+                initial_epoch=resume.epochs_done,
+                epochs=params.epochs,
+                steps_per_epoch=steps,
+                shuffle=False,  # the batches are shuffled already, seeded per epoch
+                validation_data=validation_inputs(*own_part(x_val, y_val)) if len(x_val) else None,
+                validation_batch_size=val_batch // own_part.share,
+                callbacks=[epoch_log],
+                verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, one line per epoch in logs
+            )
+    finally:
+        reset_distribution()  # also when training fails: the process's next model is built on one device
     # Export in float32 whatever the training precision, so the model runs anywhere at full accuracy.
     training_policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy("float32")

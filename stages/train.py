@@ -44,10 +44,10 @@ def main() -> None:
     from cifar10.distribution import configure_distribution
     from cifar10.training import configure_runtime, headline, summarize, train_model
 
-    # First: JAX's processes must connect, and TensorFlow's multi-worker strategy be made, before anything runs.
-    distribution = configure_distribution(resources.strategy)
-    arrays, stats = read_normalized(args.data)
+    arrays, stats = read_normalized(args.data)  # numpy only: a bad folder fails before any worker waits for others
     class_names = read_class_names(args.data)
+    # Before the backend runs anything: JAX's processes must connect, TensorFlow's multi-worker strategy be made.
+    distribution = configure_distribution(resources.strategy)
     device = configure_runtime(params, seed)
     if note := devices_note(devices, device):
         print(f"train: {note}")

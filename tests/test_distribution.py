@@ -166,6 +166,34 @@ def test_jax_multi_process_train_stage_matches_one_process_and_needs_its_cluster
         meta = json.loads((folder / "models/meta.json").read_text())["training"]
         assert meta["replicas"] == 2
 
+    # Run again: each worker resumes its finished run from its checkpoint and trains nothing. With another seed
+    # on worker 1 the two would train different runs: both stop in one line before training.
+    (port,) = _free_ports(1)  # a new coordinator port for each launch: the last one may still be closing
+    cluster["KERAS_DISTRIBUTION_JOB_ADDRESSES"] = f"127.0.0.1:{port}"
+    again = [
+        _start(STAGE, folder, {**env, **cluster, "KERAS_DISTRIBUTION_PROCESS_ID": str(i)})
+        for i, folder in enumerate(folders)
+    ]
+    for out in map(_finish, again):
+        assert "train: resuming after epoch 2 of 2" in out and "Epoch " not in out, out
+    params = yaml.safe_load((folders[1] / "params.yaml").read_text())
+    params["seed"] += 1
+    (folders[1] / "params.yaml").write_text(yaml.safe_dump(params))
+    (port,) = _free_ports(1)
+    cluster["KERAS_DISTRIBUTION_JOB_ADDRESSES"] = f"127.0.0.1:{port}"
+    differing = [
+        _start(STAGE, folder, {**env, **cluster, "KERAS_DISTRIBUTION_PROCESS_ID": str(i)})
+        for i, folder in enumerate(folders)
+    ]
+    for process in differing:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 1, out + err
+        assert err.strip().splitlines()[-1] == (
+            "error: the 2 workers of this multi_worker run disagree (different params, seed, data or code and "
+            "checkpoints at epochs [0, 2]); run the same commit and params everywhere, and remove checkpoints/ "
+            "on every worker to start over"
+        ), err
+
     # Without its cluster's addresses a multi-worker run stops in one line, before any work.
     lone = _project(tmp_path / "lone", "multi_worker")
     result = subprocess.run([sys.executable, *STAGE], cwd=lone, env=env, capture_output=True, text=True, timeout=300)

@@ -110,9 +110,10 @@ def test_stage_scripts_are_leaves():
         assert not {m for m in imported if m.startswith("stages")}, f"{path} imports a stage script"
 
 
-def test_download_normalize_and_the_gate_never_load_tensorflow():
+def test_download_normalize_the_gate_and_export_never_load_tensorflow():
+    # export loads Keras only when export.formats asks for a file, inside main()
     code = (
-        "import sys, stages.download, stages.normalize, stages.gate; "
+        "import sys, stages.download, stages.normalize, stages.gate, stages.export; "
         "print(sorted({m.split('.')[0] for m in sys.modules}))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=stage_env(), capture_output=True, text=True)

@@ -57,7 +57,7 @@ def test_models_that_do_not_fit_the_data_are_refused(tmp_path: Path):
     # A model without a ClassNames layer is a CIFAR-10 model from before CIFAR-100 support: 10 outputs only.
     with pytest.raises(DataError, match=r"m5_32x32x3.keras: the model predicts \(5,\) outputs but carries no class"):
         load_classifier(_save(tmp_path, (32, 32, 3), 5))
-    with pytest.raises(DataError, match=r"takes inputs of shape \(28, 28, 1\), but CIFAR-10 images are \(32, 32, 3\)"):
+    with pytest.raises(DataError, match=r"takes inputs of shape \(28, 28, 1\), but CIFAR images are \(32, 32, 3\)"):
         load_classifier(_save(tmp_path, (28, 28, 1), 10))
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a zip")

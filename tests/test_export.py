@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cifar10.errors import StageError
 from cifar10.export import LITERT_FILE, MANIFEST, ONNX_FILE, SAVED_MODEL
 from cifar10.framework import tf
 from cifar10.model import build_inference_model, build_seed_cnn
@@ -79,7 +80,7 @@ def _export(folder: Path, formats: list[str]) -> str:
 def test_saved_model_litert_and_onnx_predict_as_the_keras_model(keras_model: Path):
     from cifar10.classifier import load_classifier, predict_probabilities
 
-    out = _export(keras_model, ["onnx", "saved_model", "litert"])  # onnx first: it needs a model called once
+    out = _export(keras_model, ["onnx", "saved_model", "litert"])  # onnx first, on a model loaded and never called
     written = ", ".join(str(Path("exports") / name) for name in (ONNX_FILE, SAVED_MODEL, LITERT_FILE))
     assert out.strip() == f"export: {written}"
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
@@ -100,7 +101,7 @@ def test_no_format_writes_only_the_manifest_and_a_dropped_format_disappears(kera
     assert _export(keras_model, []).strip() == "export: no format requested (export.formats: [])"
     assert [p.name for p in (keras_model / "exports").iterdir()] == [MANIFEST]
     manifest = json.loads((keras_model / "exports" / MANIFEST).read_text())
-    assert manifest["files"] == {} and manifest["class_names"][0] == "airplane"
+    assert manifest == {"files": {}}  # no model loaded: nothing said about classes that might be wrong
 
 
 def test_the_stage_refuses_a_file_that_is_not_a_model(tmp_path: Path):
@@ -122,3 +123,17 @@ def test_onnx_without_its_converter_is_refused_in_one_line_before_any_work(keras
     assert result.stderr.strip() == (
         "error: export.formats lists onnx, which needs tf2onnx: pip install -e '.[export]' (or drop onnx)"
     )
+
+
+def test_an_older_model_whose_statistics_would_become_onnx_inputs_is_refused(tmp_path: Path):
+    from cifar10.export import export_model
+    from cifar10.framework import keras
+
+    # The format train wrote before the Standardize layer: uint8 -> Rescaling -> Normalization -> network.
+    core = build_seed_cnn(train_params(widths=(4, 8, 8)), seed=3)
+    inputs = keras.Input((32, 32, 3), dtype="uint8", name="image")
+    scaled = keras.layers.Rescaling(1.0, dtype="float32")(inputs)
+    old = keras.Model(inputs, core(keras.layers.Normalization(axis=None, mean=120.0, variance=4096.0)(scaled)))
+    with pytest.raises(StageError, match=r"^the ONNX export needs the inputs \['image', .*retrain it"):
+        export_model(old, tmp_path / "exports", ("onnx",))
+    assert not (tmp_path / "exports").exists()  # nothing half-written

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cifar10.augmentation import augment_images
+from cifar10.framework import keras
 from cifar10.input_pipeline import draw_augmentation, steps_per_epoch, train_batches, validation_inputs
 from cifar10.model import build_inference_model, build_seed_cnn, make_schedule
 from cifar10.normalized import Stats, normalize_images
@@ -59,6 +60,11 @@ def test_uint8_model_normalizes_inside(stats):
     assert model.input.dtype == "uint8"
     expected = core.predict(normalize_images(images, stats), verbose=0)
     assert np.allclose(model.predict(images, verbose=0), expected, atol=1e-5)
+    # What the network sees is exactly the training arrays' arithmetic, bit for bit, on every pixel value.
+    every_value = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None, None, None], (256, 1, 1, 3))
+    inside = keras.Model(model.input, model.get_layer("zscore").output)
+    zscored = np.asarray(inside.predict(np.ascontiguousarray(np.tile(every_value, (1, 32, 32, 1))), verbose=0))
+    assert np.array_equal(zscored, normalize_images(np.tile(every_value, (1, 32, 32, 1)), stats))
 
 
 def _augment(images: np.ndarray, step: int, seed: int, params: TrainParams) -> np.ndarray:

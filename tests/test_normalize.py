@@ -184,6 +184,11 @@ def test_stats_files_that_are_missing_or_not_json_say_so(tmp_path: Path):
     with pytest.raises(DataError) as info:
         read_stats(tmp_path / "stats.json")
     assert str(info.value).startswith(f"{tmp_path / 'stats.json'} is not valid JSON (Expecting property name")
+    # Deep nesting and a number of 5,000 digits: json raises RecursionError and ValueError, not JSONDecodeError.
+    for text in ("[" * 100_000, '{"mean": [' + "9" * 5000 + "]}"):
+        (tmp_path / "stats.json").write_text(text)
+        with pytest.raises(DataError, match="is not valid JSON"):
+            read_stats(tmp_path / "stats.json")
 
 
 def test_display_undoes_eps_and_clips_to_the_pixel_range():
