@@ -1,7 +1,7 @@
 """Side by side: the tutorial's own script (ported to Keras 3) against this project's train stage, same data.
 
     python benchmarks/compare_tutorial.py [--images 12800] [--epochs 2] [--rounds 3]
-        [--arms tutorial stage:none stage:bfloat16]
+        [--arms tutorial stage:none stage:bfloat16]   (bfloat16 by default only where the hardware has it)
 
 Each arm runs as its own process on the same synthetic uint8 images (speed does not depend on their
 content), the tutorial's network, augmentation and batch 64. The arms are alternated round by round
@@ -55,6 +55,13 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores ({bf16}{amx}); {gpu}"
 
 
+def bf16_hardware() -> bool:
+    """Whether this machine computes bfloat16 natively: a CPU with AVX512_BF16 or AMX, or an NVIDIA GPU."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags or shutil.which("nvidia-smi") is not None
+
+
 def prepare(folder: Path, images: int) -> tuple[Path, Path]:
     """Write the raw arrays the tutorial reads and the normalized folder the train stage reads."""
     rng = np.random.default_rng(0)
@@ -102,8 +109,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=12_800, help="training images per epoch (200 steps of 64)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per run; the first is not timed")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--arms", nargs="+", default=["tutorial", "stage:none", "stage:bfloat16"])
+    parser.add_argument("--arms", nargs="+", help="default: tutorial stage:none, plus stage:bfloat16 where it is fast")
     args = parser.parse_args()
+    if not args.arms:
+        # Without AVX512_BF16 or AMX (or a GPU) bfloat16 is emulated on the CPU, many times slower: not worth an arm.
+        args.arms = ["tutorial", "stage:none"] + (["stage:bfloat16"] * bf16_hardware())
     print(f"machine: {machine()}")
     print(f"{args.images} images, batch 64, {args.epochs} epochs per run, {args.rounds} rounds, arms alternated")
     rates: dict[str, list[float]] = {arm: [] for arm in args.arms}

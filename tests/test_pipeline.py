@@ -229,11 +229,12 @@ def test_experiments_and_metrics_diff_across_commits(served_project: Path):
     # The README's `exp show` fits a terminal: the metrics and the changed param, no dependency hashes.
     table = dvc("exp", "show", "--only-changed", "--drop", "Created|.*/", "--keep", "(val|test)_accuracy", cwd=repo)
     header = next(line for line in table.stdout.splitlines() if "Experiment" in line).split()
-    assert header == [
+    # train_minutes is rounded to 0.01 min: on a fast machine the 1- and 2-epoch runs can tie, and
+    # --only-changed then drops the column, as it should.
+    assert [name for name in header if name != "train_minutes"] == [
         "Experiment",
         "val_accuracy",
         "epochs",
-        "train_minutes",
         "test_accuracy",
         "test_loss",
         "train.epochs",
