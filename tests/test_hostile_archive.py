@@ -906,6 +906,20 @@ def test_a_cifar100_meta_claiming_gigabytes_is_refused_at_its_header(tmp_path: P
     assert int(result.stdout.split()[-1]) < 128 * 1024  # peak RSS in KiB
 
 
+def test_a_cifar100_train_member_past_its_320_mib_cap_is_refused_at_its_header(tmp_path: Path):
+    # The one member that may exceed CIFAR-10's 128 MiB (50,000 images in one pickle) stops at 320 MiB.
+    bomb = tmp_path / "big.tar.gz"
+    size = 320 * MiB + 1
+    bomb.write_bytes(gzip_of([(tar_header("cifar-100-python/train", size), 1), (bytes(MiB), 2), (bytes(1024), 1)]))
+    result = run_limited([sys.executable, "-c", READ_CIFAR100, str(bomb), "fine"], cwd=ROOT, memory_mb=1024)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.splitlines() == [
+        f"error: archive member 'cifar-100-python/train' is {size} bytes, more than the 320 MiB a member may have; "
+        "refusing the archive"
+    ]
+
+
 def test_a_cifar100_meta_of_many_names_is_refused_under_the_memory_limit(tmp_path: Path):
     # 100,000 names (str, as Python 3 pickles them) in a meta under its 1 MiB cap: refused by count, cheaply.
     path = cifar100_with(tmp_path / "many.tar.gz", {"meta": {b"fine_label_names": ["a"] * 100_000}})
