@@ -30,8 +30,8 @@ PARAMS = {**TINY_TRAIN, "epochs": 2, "batch_size": 16, "dropout": [0.0, 0.0, 0.0
 # what the run logged and what its model predicts. argv: strategy, train params as JSON.
 TRAIN = """
 import json, sys
-strategy = sys.argv[1]
-if strategy == "mirrored":  # two logical CPU devices, as on a 2-GPU machine; before TensorFlow starts
+strategies = sys.argv[1].split(",")  # run one after the other in this process: one TensorFlow start for all
+if "mirrored" in strategies:  # two logical CPU devices, as on a 2-GPU machine; before TensorFlow starts
     import tensorflow as tf
     (cpu,) = tf.config.list_physical_devices("CPU")
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -40,17 +40,19 @@ from cifar10.distribution import configure_distribution
 from cifar10.normalized import Stats
 from cifar10.params import TrainParams, parse_section
 from cifar10.training import configure_runtime, train_model
-distribution = configure_distribution(strategy)
 params = parse_section(TrainParams, "train", json.loads(sys.argv[2]))
-configure_runtime(params, 5)
 rng = np.random.default_rng(0)
 x, y = rng.normal(size=(90, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, 90).astype(np.uint8)
 arrays = {"x_train": x[:70], "y_train": y[:70], "x_val": x[70:], "y_val": y[70:]}
-result = train_model(arrays, Stats((0.0,), (1.0,), 1e-7), params, 5, distribution=distribution)
 images = np.random.default_rng(1).integers(0, 3, (4, 32, 32, 3), np.uint8)  # pixels 0..2: the training data's scale
-probabilities = result.model.predict(images, verbose=0)
-print(json.dumps({"replicas": distribution.replicas, "workers": distribution.workers, "worker": distribution.worker,
-                  "history": result.history, "probabilities": probabilities.tolist()}))
+for strategy in strategies:
+    distribution = configure_distribution(strategy)
+    configure_runtime(params, 5)  # the same initial weights for every run
+    result = train_model(arrays, Stats((0.0,), (1.0,), 1e-7), params, 5, distribution=distribution)
+    probabilities = result.model.predict(images, verbose=0)
+    print(json.dumps({"replicas": distribution.replicas, "workers": distribution.workers,
+                      "worker": distribution.worker, "history": result.history,
+                      "probabilities": probabilities.tolist()}))
 """
 
 
@@ -104,8 +106,8 @@ def test_tensorflow_mirrored_on_two_devices_and_multi_worker_on_two_processes_ma
         )
         for i in range(2)
     ]
-    single = [_start([str(script), strategy, params], tmp_path, env) for strategy in ("one", "mirrored")]
-    one, mirrored = (json.loads(_finish(p).splitlines()[-1]) for p in single)
+    single = _start([str(script), "one,mirrored", params], tmp_path, env)
+    one, mirrored = (json.loads(line) for line in _finish(single).splitlines() if line.startswith('{"replicas"'))
     multi = [json.loads(_finish(p).splitlines()[-1]) for p in workers]
 
     assert one["replicas"] == 1 and one["history"]["loss"][0] != one["history"]["loss"][1]  # two real epochs
@@ -141,7 +143,7 @@ def _epochs(folder: Path) -> dict[str, list[float]]:
     return curves
 
 
-def test_jax_multi_process_train_stage_matches_one_process_and_needs_its_cluster(tmp_path: Path):
+def test_jax_multi_process_train_stage_matches_one_process_and_workers_must_agree(tmp_path: Path):
     env = stage_env(import_root=True)
     env.update(KERAS_BACKEND="jax", XLA_FLAGS=QUICK_XLA)
     env["PYTHONPATH"] = f"{WITHOUT_TENSORFLOW}{os.pathsep}{env['PYTHONPATH']}"  # as on the GPU machines
@@ -194,12 +196,18 @@ def test_jax_multi_process_train_stage_matches_one_process_and_needs_its_cluster
             "on every worker to start over"
         ), err
 
-    # Without its cluster's addresses a multi-worker run stops in one line, before any work.
-    lone = _project(tmp_path / "lone", "multi_worker")
-    result = subprocess.run([sys.executable, *STAGE], cwd=lone, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1 and not (lone / "models").exists()
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: resources.strategy multi_worker under JAX needs KERAS_DISTRIBUTION_JOB_ADDRESSES, _NUM_PROCESSES "
+
+def test_jax_multi_worker_without_its_cluster_is_refused_in_one_line_before_jax_starts(monkeypatch):
+    pytest.importorskip("jax")
+    from cifar10.distribution import _jax_distribution
+    from cifar10.errors import StageError
+
+    for name in ("JOB_ADDRESSES", "NUM_PROCESSES", "PROCESS_ID"):
+        monkeypatch.delenv(f"KERAS_DISTRIBUTION_{name}", raising=False)
+    with pytest.raises(StageError) as info:
+        _jax_distribution("multi_worker")  # the check comes before jax.distributed would wait for peers
+    assert str(info.value) == (
+        "resources.strategy multi_worker under JAX needs KERAS_DISTRIBUTION_JOB_ADDRESSES, _NUM_PROCESSES "
         "and _PROCESS_ID in the environment; missing: KERAS_DISTRIBUTION_JOB_ADDRESSES, "
         "KERAS_DISTRIBUTION_NUM_PROCESSES, KERAS_DISTRIBUTION_PROCESS_ID"
     )
