@@ -30,6 +30,13 @@ PER_BATCH = 20  # images in each of the 5 training batches of the synthetic arch
 TEST_IMAGES = 30
 
 
+def _coloured_rows(rng: np.random.Generator, colours: np.ndarray, labels: list[int]) -> np.ndarray:
+    """uint8 rows of R, G, B planes (N, 3072): each image its class's colour plus noise of +-30."""
+    planes = np.stack([np.full((3, 32, 32), colours[c][:, None, None]) for c in labels]).astype(np.int16)
+    planes += rng.integers(-30, 31, size=planes.shape)
+    return np.clip(planes, 0, 255).astype(np.uint8).reshape(len(labels), 3072)
+
+
 def synthetic_batches(seed: int = 0, per_batch: int = PER_BATCH, test_images: int = TEST_IMAGES) -> dict:
     """Return {member name: dict} as in cifar-10-python.tar.gz: uint8 rows of R, G, B planes and int labels.
 
@@ -40,9 +47,7 @@ def synthetic_batches(seed: int = 0, per_batch: int = PER_BATCH, test_images: in
 
     def batch(n: int, label: str) -> dict:
         labels = [int(i % 10) for i in rng.permutation(n)]
-        planes = np.stack([np.full((3, 32, 32), colours[c][:, None, None]) for c in labels]).astype(np.int16)
-        planes += rng.integers(-30, 31, size=planes.shape)
-        data = np.clip(planes, 0, 255).astype(np.uint8).reshape(n, 3072)
+        data = _coloured_rows(rng, colours, labels)
         names = [f"img_{label}_{i}.png".encode() for i in range(n)]
         return {b"batch_label": label.encode(), b"labels": labels, b"data": data, b"filenames": names}
 
@@ -72,14 +77,12 @@ def synthetic_cifar100(seed: int = 0, train: int = CIFAR100_TRAIN, test: int = C
 
     def batch(n: int, label: str) -> dict:
         fine = [int(i % 100) for i in rng.permutation(n)]
-        planes = np.stack([np.full((3, 32, 32), colours[c][:, None, None]) for c in fine]).astype(np.int16)
-        planes += rng.integers(-30, 31, size=planes.shape)
         return {
             b"filenames": [f"img_{label}_{i}.png".encode() for i in range(n)],
             b"batch_label": label.encode(),
             b"fine_labels": fine,
             b"coarse_labels": [c // 5 for c in fine],
-            b"data": np.clip(planes, 0, 255).astype(np.uint8).reshape(n, 3072),
+            b"data": _coloured_rows(rng, colours, fine),
         }
 
     return {
