@@ -3,8 +3,9 @@
 Every random draw is keyed by (stream key, epoch) or (stream key, global step), each stream (shuffle, flip,
 rotation, shift) with its own key derived from the seed, so the batches of epoch k are the same whether
 training ran straight through or resumed at epoch k, and the same under TensorFlow and JAX. The batches
-carry the draws, not augmented pixels: the warp itself runs inside the train step (cifar10.augmentation).
-No Keras here: the batches are plain numpy, whatever the backend.
+carry the draws, not augmented pixels: the warp itself runs inside the train step, or under TensorFlow on a CPU
+in a parallel tf.data map over the same draws (cifar10.augmentation). No Keras here: plain numpy, whatever
+the backend.
 """
 
 from __future__ import annotations
@@ -56,6 +57,26 @@ def epoch_order(seed: int, epoch: int, num_images: int) -> np.ndarray:
     return np.random.default_rng([stream_seed(seed, "shuffle"), epoch]).permutation(num_images)
 
 
+def train_steps(
+    num_images: int,
+    image_size: tuple[int, int],
+    params: TrainParams,
+    seed: int,
+    start_epoch: int = 0,
+    replicas: int = 1,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (indices, draws) of each training step of epochs start_epoch..params.epochs-1: which images the
+    batch takes, in order, and their augmentation draws (`image_size`: the images' (height, width))."""
+    usable = usable_images(num_images, replicas)
+    steps = steps_per_epoch(num_images, params.batch_size, replicas)
+    height, width = image_size
+    for epoch in range(start_epoch, params.epochs):
+        order = epoch_order(seed, epoch, num_images)[:usable]
+        for i in range(steps):
+            idx = order[i * params.batch_size : (i + 1) * params.batch_size]
+            yield idx, draw_augmentation(seed, epoch * steps + i, len(idx), params, height, width)
+
+
 def train_batches(
     images: np.ndarray,
     labels: np.ndarray,
@@ -69,17 +90,9 @@ def train_batches(
     Pass it to `fit` with `steps_per_epoch` and `initial_epoch=start_epoch`. Labels are int32. With `replicas`
     (a divisor of the batch size), every batch, the last one of an epoch too, splits evenly over that many devices.
     """
-    num = len(images)
-    usable = usable_images(num, replicas)
-    steps = steps_per_epoch(num, params.batch_size, replicas)
-    height, width = images.shape[1:3]
     labels = labels.astype(np.int32)
-    for epoch in range(start_epoch, params.epochs):
-        order = epoch_order(seed, epoch, num)[:usable]
-        for i in range(steps):
-            idx = order[i * params.batch_size : (i + 1) * params.batch_size]
-            draws = draw_augmentation(seed, epoch * steps + i, len(idx), params, height, width)
-            yield (images[idx], draws), labels[idx]
+    for idx, draws in train_steps(len(images), images.shape[1:3], params, seed, start_epoch, replicas):
+        yield (images[idx], draws), labels[idx]
 
 
 def validation_inputs(images: np.ndarray, labels: np.ndarray) -> Batch:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from dvclive import Live
 
-from cifar10.augmentation import build_trainer
+from cifar10.augmentation import AUGMENT_NAME, build_trainer, warped_dataset
 from cifar10.checkpoint import Resume, fingerprint, load_checkpoint, resume_point, save_checkpoint
 from cifar10.dataset import CLASS_NAMES
 from cifar10.distribution import (
@@ -24,7 +24,7 @@ from cifar10.distribution import (
 )
 from cifar10.errors import StageError
 from cifar10.framework import accelerator, keras, tf
-from cifar10.input_pipeline import steps_per_epoch, train_batches, usable_images, validation_inputs
+from cifar10.input_pipeline import steps_per_epoch, train_batches, train_steps, usable_images, validation_inputs
 from cifar10.model import CORE_NAME, DTYPE_POLICIES, build_inference_model, build_seed_cnn, make_optimizer
 from cifar10.normalized import Stats
 from cifar10.params import TrainParams
@@ -124,6 +124,18 @@ class EpochLog(keras.callbacks.Callback):
         self.live.next_step()
 
 
+def warp_in_input_pipeline(distribution: Distribution) -> bool:
+    """Return whether the augmentation warp runs in a tf.data map (TensorFlow, one CPU process, no strategy)
+    rather than in the train step: on a CPU the map overlaps the warp with training; on an accelerator, and
+    under a strategy that slices each batch across devices, the warp stays in the step."""
+    return (
+        keras.backend.backend() == "tensorflow"
+        and distribution.engine is None
+        and distribution.workers == 1
+        and accelerator() == "CPU"
+    )
+
+
 def train_model(
     arrays: dict[str, np.ndarray],
     stats: Stats,
@@ -190,10 +202,28 @@ def train_model(
             build_from_batch(trainer, next(train_batches(x_train, y_train, params, seed, replicas=replicas)))
         epoch_log = EpochLog(live, checkpoints, run_fingerprint, resume, steps)
         if resume.epochs_done < params.epochs:
-            trainer.fit(
-                fit_input(
+            if warp_in_input_pipeline(distribution):
+                data = warped_dataset(
+                    x_train,
+                    y_train,
+                    train_steps(len(x_train), x_train.shape[1:3], params, seed, resume.epochs_done),
+                    trainer.get_layer(AUGMENT_NAME),
+                )
+                # Keras restarts a dataset of known length that runs out, so a short one would train its
+                # first epochs again, silently (EpochLog's batch count catches this only for the generator).
+                expected = (params.epochs - resume.epochs_done) * steps
+                if int(data.cardinality()) != expected:
+                    raise StageError(
+                        f"the input pipeline holds {int(data.cardinality())} batches for the {expected} steps of "
+                        f"epochs {resume.epochs_done + 1}-{params.epochs} (a bug in the resume position or the "
+                        "dataset length)"
+                    )
+            else:
+                data = fit_input(
                     lambda: train_batches(x_train, y_train, params, seed, resume.epochs_done, replicas), distribution
-                ),
+                )
+            trainer.fit(
+                data,
                 initial_epoch=resume.epochs_done,
                 epochs=params.epochs,
                 steps_per_epoch=steps,

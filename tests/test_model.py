@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cifar10.augmentation import augment_images
+from cifar10.augmentation import RandomAffine, augment_images, warped_dataset, warps
 from cifar10.framework import keras
-from cifar10.input_pipeline import draw_augmentation, steps_per_epoch, train_batches, validation_inputs
+from cifar10.input_pipeline import draw_augmentation, steps_per_epoch, train_batches, train_steps, validation_inputs
 from cifar10.model import build_inference_model, build_seed_cnn, make_schedule
 from cifar10.normalized import Stats, normalize_images
 from cifar10.params import TrainParams
@@ -271,3 +271,24 @@ def test_batches_for_two_devices_split_evenly_and_leave_out_fewer_than_two_image
     assert all(len(set(e.tolist())) == 36 for e in epochs)  # each image at most once an epoch
     assert set(epochs[0].tolist()) != set(epochs[1].tolist())  # the one left out changes with the epoch
     assert steps_per_epoch(33, 8, replicas=4) == 4 and steps_per_epoch(33, 8) == 5  # 32 usable: no 1-image batch
+
+
+def test_the_tf_data_warp_gives_the_batches_of_the_train_step():
+    # Under TensorFlow on a CPU the warp runs in a tf.data map (cifar10.training.warp_in_input_pipeline): the same
+    # images, draws and labels in the same order as train_batches, warped to the same pixels as in the step.
+    params = train_params(batch_size=16, epochs=3)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 32, 32, 3)).astype(np.float32)
+    y = rng.integers(0, 10, len(x))
+    layer = RandomAffine(params.fill_mode, warps(params))
+    dataset = warped_dataset(x, y, train_steps(len(x), (32, 32), params, 3, start_epoch=1), layer)
+    got = list(dataset.as_numpy_iterator())
+    expected = list(train_batches(x, y, params, 3, start_epoch=1))
+    assert len(got) == len(expected) == 2 * 3  # epochs 1 and 2, three batches each (16, 16, 8)
+    for ((images, draws), labels), ((raw, want_draws), want_labels) in zip(got, expected):
+        assert np.array_equal(draws, want_draws) and np.array_equal(labels, want_labels) and labels.dtype == np.int32
+        assert np.array_equal(images, augment_images(raw, want_draws, params))
+        assert not np.array_equal(images, raw)  # warped
+    # The trainer's own layer then passes the warped batch through, in training and out of it.
+    assert layer.in_input_pipeline
+    assert np.array_equal(keras.ops.convert_to_numpy(layer(x[:4], np.ones((4, 4), np.float32), training=True)), x[:4])

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from cifar10.archive import load_test, load_train
+from cifar10.distribution import Distribution
 from cifar10.errors import StageError
-from cifar10.input_pipeline import train_batches
+from cifar10.input_pipeline import train_steps
 from cifar10.model import CORE_NAME
 from cifar10.normalized import normalize_images
 from cifar10.preprocessing import compute_stats
-from cifar10.training import configure_runtime, summarize, train_model
+from cifar10.training import configure_runtime, summarize, train_model, warp_in_input_pipeline
 from tests.conftest import train_params
 
 TINY = dict(batch_size=16, widths=(4, 8, 8), lr_boundaries=(1,), lr_values=(3e-3, 1e-3))
@@ -62,6 +63,19 @@ def test_deterministic_reruns_are_identical(tiny_data):
         assert np.array_equal(a, b)
 
 
+def test_the_warp_in_tf_data_trains_exactly_as_the_warp_in_the_step(tiny_data, monkeypatch):
+    # On a CPU under TensorFlow the warp runs in a parallel tf.data map; elsewhere in the train step. Same pixels,
+    # same draws, same order: the same run, to the bit with deterministic ops.
+    assert warp_in_input_pipeline(Distribution())  # this test runs the tf.data way first
+    in_input, _ = _train(tiny_data, deterministic=True)
+    monkeypatch.setattr("cifar10.training.warp_in_input_pipeline", lambda distribution: False)
+    in_step, _ = _train(tiny_data, deterministic=True)
+    assert in_input.history == in_step.history
+    assert in_input.history["loss"][0] != in_input.history["loss"][1]
+    for a, b in zip(in_input.model.get_weights(), in_step.model.get_weights()):
+        assert np.array_equal(a, b)
+
+
 def test_bfloat16_training_exports_a_float32_model(tiny_data):
     result, _ = _train(tiny_data, mixed_precision="bfloat16", epochs=1)
     assert {w.dtype for w in result.model.get_weights()} == {np.dtype(np.float32)}
@@ -104,12 +118,20 @@ def test_validation_metrics_come_from_the_validation_arrays(tiny_data):
     assert result.history["val_accuracy"][-1] == pytest.approx(on_val, abs=1e-6)
 
 
-def test_an_epoch_without_its_batches_stops_training(tiny_data, monkeypatch):
+@pytest.mark.parametrize("warp", ["tf.data", "in_step"])
+def test_an_epoch_without_its_batches_stops_training(tiny_data, monkeypatch, warp):
     # The planted bug: resuming the input one epoch ahead, so the last epoch finds the dataset empty; Keras only
-    # warns and logs a loss of 0.0.
-    def one_epoch_ahead(images, labels, params, seed, start_epoch=0, replicas=1):
-        return train_batches(images, labels, params, seed, start_epoch=start_epoch + 1, replicas=replicas)
+    # warns and logs a loss of 0.0 (a generator), or starts a dataset of known length again (tf.data), so the
+    # second epoch would train on the first one's batches.
+    def one_epoch_ahead(num_images, image_size, params, seed, start_epoch=0, replicas=1):
+        return train_steps(num_images, image_size, params, seed, start_epoch + 1, replicas)
 
-    monkeypatch.setattr("cifar10.training.train_batches", one_epoch_ahead)
-    with pytest.raises(StageError, match=r"epoch 2 trained on 0 of 5 batches: the input pipeline ran out of data"):
+    monkeypatch.setattr("cifar10.training.train_steps", one_epoch_ahead)  # the tf.data warp's steps
+    monkeypatch.setattr("cifar10.input_pipeline.train_steps", one_epoch_ahead)  # the in-step warp's batches
+    if warp == "in_step":
+        monkeypatch.setattr("cifar10.training.warp_in_input_pipeline", lambda distribution: False)
+        message = r"epoch 2 trained on 0 of 5 batches: the input pipeline ran out of data"
+    else:
+        message = r"^the input pipeline holds 5 batches for the 10 steps of epochs 1-2 \(a bug in the resume"
+    with pytest.raises(StageError, match=message):
         _train(tiny_data, epochs=2)
