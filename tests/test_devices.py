@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
-from cifar10.devices import devices_note, pin_devices, request_determinism
+from cifar10.devices import FRAMEWORKS, devices_note, pin_devices, pin_stage_devices, request_determinism
 from tests.conftest import ROOT, stage_env
 
 PINNED = """
@@ -76,3 +77,55 @@ def test_determinism_is_asked_of_xla_once_beside_the_flags_already_there():
     empty: dict[str, str] = {}
     request_determinism(empty)
     assert empty == {"XLA_FLAGS": "--xla_gpu_deterministic_ops=true"}
+
+
+@pytest.fixture
+def before_the_framework(monkeypatch):
+    """This process as a stage sees it before its framework starts: no Keras, TensorFlow or JAX imported (they
+    come back after the test), and an os.environ of its own; returns that environment."""
+    for name in FRAMEWORKS:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    environ = {"PATH": "/bin"}
+    monkeypatch.setattr(os, "environ", environ)
+    return environ
+
+
+def ours(environ: dict[str, str]) -> dict[str, str]:
+    """`environ` less the variable pytest itself sets in os.environ during a test."""
+    return {name: value for name, value in environ.items() if name != "PYTEST_CURRENT_TEST"}
+
+
+def test_pinning_sets_exactly_the_devices_and_memory_growth(before_the_framework):
+    pinned = {
+        "CUDA_VISIBLE_DEVICES": "1,3",
+        "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+    }
+    given = {"HOME": "/root"}
+    pin_devices((1, 3), given)  # the environment passed in, not the process's
+    assert given == {"HOME": "/root", **pinned} and ours(before_the_framework) == {"PATH": "/bin"}
+    pin_devices((), given := {})  # no devices: every GPU stays visible, nothing is set
+    assert given == {}
+    pin_devices((1, 3))  # by default, the process's environment
+    assert ours(before_the_framework) == {"PATH": "/bin", **pinned}
+
+
+def test_the_refusal_names_the_framework_that_started(before_the_framework, monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax", object())
+    with pytest.raises(RuntimeError, match=r"^pin_devices must run before jax is imported$"):
+        pin_devices((0,))
+    assert ours(before_the_framework) == {"PATH": "/bin"}
+
+
+def test_a_stage_pins_the_devices_of_its_params_file(before_the_framework, tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["resources"]["devices"] = [2]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    resources = pin_stage_devices(tmp_path / "params.yaml")
+    assert resources.devices == (2,)
+    assert before_the_framework["CUDA_VISIBLE_DEVICES"] == "2"
+
+
+def test_determinism_goes_to_the_process_environment_by_default(before_the_framework):
+    request_determinism()
+    assert ours(before_the_framework) == {"PATH": "/bin", "XLA_FLAGS": "--xla_gpu_deterministic_ops=true"}
