@@ -191,6 +191,22 @@ def test_stats_files_that_are_missing_or_not_json_say_so(tmp_path: Path):
             read_stats(tmp_path / "stats.json")
 
 
+def test_a_stats_file_over_1_mib_is_refused_unparsed_and_one_of_1_mib_is_read(tmp_path: Path):
+    path = tmp_path / "stats.json"
+    path.write_bytes(b"[" + b" " * (2**20 - 2) + b"]")  # exactly 1 MiB: read, and refused for what it holds
+    with pytest.raises(DataError) as info:
+        read_stats(path)
+    assert str(info.value) == f"{path} must hold a JSON object, got list"
+    path.write_bytes(b"[" + b" " * (2**20 - 1) + b"]")  # one byte more
+    with pytest.raises(DataError) as info:
+        read_stats(path)
+    assert str(info.value) == f"{path} is larger than 1 MiB; run the normalize stage again"
+    path.write_text('"' + "x" * 300)  # not JSON: the parser's own message follows
+    with pytest.raises(DataError) as info:
+        read_stats(path)
+    assert str(info.value) == f"{path} is not valid JSON (Unterminated string starting at: line 1 column 1 (char 0))"
+
+
 def test_display_undoes_eps_and_clips_to_the_pixel_range():
     stats = Stats((100.0,), (2.0,), 1.0)  # a large eps: the inverse must use std + eps, not std - eps
     pixels = np.array([0, 1, 99, 100, 254, 255], np.uint8).reshape(1, 1, 6, 1)
