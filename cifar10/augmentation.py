@@ -91,8 +91,9 @@ def warped_dataset(
 
     The steps are drawn here, all of them (20 bytes an image an epoch: 100 MB for 125 epochs of 40,000 images),
     and the dataset is built from tensors: a dataset that calls Python (`from_generator`, which Keras also uses
-    for a generator) kept this 2-core machine's training at about half its speed for the rest of the process,
-    123 against 212 images/s for the same network and warp (benchmarks/augment_in_step_vs_tfdata.py).
+    for a generator) kept this 2-core machine's training at about half its speed for the rest of the process:
+    123 against 212 images/s for the same network and warp, one fresh process each (an ad-hoc run; the kept
+    A/B is benchmarks/augment_in_step_vs_tfdata.py).
     """
     index_parts, draw_parts, bounds = [], [], [0]
     for idx, draws in steps:

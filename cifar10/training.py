@@ -211,10 +211,10 @@ def train_model(
                 )
                 # Keras restarts a dataset of known length that runs out, so a short one would train its
                 # first epochs again, silently (EpochLog's batch count catches this only for the generator).
-                expected = (params.epochs - resume.epochs_done) * steps
-                if int(data.cardinality()) != expected:
+                expected, batches = (params.epochs - resume.epochs_done) * steps, int(data.cardinality())
+                if batches != expected:
                     raise StageError(
-                        f"the input pipeline holds {int(data.cardinality())} batches for the {expected} steps of "
+                        f"the input pipeline holds {batches} batches for the {expected} steps of "
                         f"epochs {resume.epochs_done + 1}-{params.epochs} (a bug in the resume position or the "
                         "dataset length)"
                     )
