@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv repro test test-fast lint lock benchmark mutation clean-venv
+.PHONY: venv repro fast fast-small test test-fast lint lock benchmark mutation clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ venv: $(STAMP)
 
 repro: $(STAMP)  ## download -> normalize -> train -> evaluate with params.yaml
 	dvc repro
+
+# One `-S` per line of recipes/NAME.overrides (comments skipped), each quoted for the shell.
+recipe_args = $(foreach o,$(shell grep -v '^\#' recipes/$(1).overrides),-S '$(o)')
+
+fast fast-small: $(STAMP)  ## a recipe of recipes/ as a DVC experiment (README: the fast recipe)
+	dvc exp run $(call recipe_args,$@)
 
 test: $(STAMP)  ## the whole suite, offline, one worker per core (the end-to-end runs are mostly one-threaded)
 	python -m pytest -n auto --dist worksteal

@@ -2,10 +2,11 @@
 
     python benchmarks/compare_tutorial.py [--images 12800] [--epochs 2] [--rounds 3]
         [--arms tutorial stage:none stage:bfloat16]   (bfloat16 by default only where the hardware has it)
+        [--arms tutorial recipe:fast-small]           (a recipe of recipes/: its own network and batch size)
 
 Each arm runs as its own process on the same synthetic uint8 images (speed does not depend on their
-content), the tutorial's network, augmentation and batch 64. The arms are alternated round by round
-(the order rotates), because these machines are shared and noisy: compare ratios within a round, not
+content), the tutorial's network, augmentation and batch 64 (a recipe arm: the recipe's). The arms are alternated
+round by round (the order rotates), because these machines are shared and noisy: compare ratios within a round, not
 absolute figures across runs. Images per second count training steps only, from the second epoch on
 (the first also traces the graph), as both the tutorial script and metrics/train.json report them.
 """
@@ -90,13 +91,25 @@ def run_tutorial(raw: Path, epochs: int, work: Path) -> float:
     return json.loads(result.read_text())["images_per_second"]
 
 
-def run_stage(normalized: Path, epochs: int, precision: str, work: Path, **train: object) -> float:
-    """Run the train stage on `normalized` with the committed params but these; return its images/s."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update({"epochs": epochs, "mixed_precision": precision, **train})
+def recipe_overrides(name: str) -> list[str]:
+    """The `-S` overrides of recipes/NAME.overrides (what `make NAME` passes to `dvc exp run`)."""
+    lines = (ROOT / "recipes" / f"{name}.overrides").read_text().splitlines()
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def run_stage(normalized: Path, epochs: int, precision: str, work: Path, recipe: str = "", **train: object) -> float:
+    """Run the train stage on `normalized` with the committed params, or a recipe of recipes/ applied to them by
+    DVC's `-S` code, but these; return its images/s. A recipe's one-cycle peak moves to epoch 1 of `epochs`."""
+    from dvc.utils.hydra import apply_overrides
+
     params_file = work / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params_file)
+    if recipe:
+        apply_overrides(params_file, [*recipe_overrides(recipe), "train.lr_boundaries=[1]"])
+    params = yaml.safe_load(params_file.read_text())
+    params["train"].update({"epochs": epochs, "mixed_precision": precision, **train})
     params_file.write_text(yaml.safe_dump(params))
-    out = work / f"stage-{precision}"
+    out = work / f"stage-{recipe}-{precision}"
     shutil.rmtree(out, ignore_errors=True)
     paths = [str(normalized), str(out / "models"), str(out / "live"), str(out / "train.json"), str(out / "ckpt")]
     cmd = [sys.executable, "-m", "stages.train", *paths, "--params", str(params_file)]
@@ -109,7 +122,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=12_800, help="training images per epoch (200 steps of 64)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per run; the first is not timed")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--arms", nargs="+", help="default: tutorial stage:none, plus stage:bfloat16 where it is fast")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        help="tutorial, stage:PRECISION or recipe:NAME (recipes/NAME.overrides); "
+        "default: tutorial stage:none, plus stage:bfloat16 where it is fast",
+    )
     args = parser.parse_args()
     if not args.arms:
         # Without AVX512_BF16 or AMX (or a GPU) bfloat16 is emulated on the CPU, many times slower: not worth an arm.
@@ -123,10 +141,13 @@ def main() -> None:
         for round_index in range(args.rounds):
             order = args.arms[round_index % len(args.arms) :] + args.arms[: round_index % len(args.arms)]
             for arm in order:
-                if arm == "tutorial":
+                kind, _, name = arm.partition(":")
+                if kind == "tutorial":
                     rate = run_tutorial(raw, args.epochs, work)
+                elif kind == "recipe":  # recipe:NAME, float32 (the fast recipe's own network and batch size)
+                    rate = run_stage(normalized, args.epochs, "none", work, recipe=name)
                 else:
-                    rate = run_stage(normalized, args.epochs, arm.split(":", 1)[1], work)
+                    rate = run_stage(normalized, args.epochs, name, work)
                 rates[arm].append(rate)
                 print(f"round {round_index + 1}  {arm:16s} {rate:8.1f} images/s", flush=True)
     print("\narm               median images/s   ratio to the tutorial (median of per-round ratios)")

@@ -1,13 +1,16 @@
 # Sourced by the gpu_*.sh scripts: params editing and the holdout archive, run through the real stages.
 
-set_params() {  # set_params SECTION.KEY=YAML...: edit params.yaml in place
+set_params() {  # set_params SECTION.KEY=YAML... or KEY=YAML...: edit params.yaml in place
     python3 - "$@" <<'PY'
 import sys, yaml
 params = yaml.safe_load(open("params.yaml"))
 for item in sys.argv[1:]:
     key, value = item.split("=", 1)
-    section, name = key.split(".")
-    params[section][name] = yaml.safe_load(value)
+    if "." in key:
+        section, name = key.split(".")
+        params[section][name] = yaml.safe_load(value)
+    else:  # a top-level key: seed
+        params[key] = yaml.safe_load(value)
 yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
 PY
 }

@@ -52,15 +52,18 @@ def fingerprint(
     replicas: int = 1,
     class_names: tuple[str, ...] = CLASS_NAMES,
 ) -> str:
-    """Return a hash of everything that shapes the training run except the number of epochs: params, seed,
-    statistics, arrays, code (`code_digest`), the device count of a data-parallel run and the class names
-    (their number is the network's output size).
+    """Return a hash of everything that shapes the training run: params, seed, statistics, arrays, code
+    (`code_digest`), the device count of a data-parallel run and the class names (their number is the
+    network's output size); the number of epochs only where the schedule depends on it.
 
-    Leaving `epochs` out lets a finished run be extended (3 -> 10 epochs) from its checkpoint:
-    nothing in the run depends on the total, so the result equals a straight 10-epoch run.
+    Leaving `epochs` out lets a finished run of the step schedule be extended (3 -> 10 epochs) from its
+    checkpoint: nothing in that run depends on the total, so the result equals a straight 10-epoch run. The
+    linear schedule ends at the last epoch, so there the total is part of the run.
     """
     digest = hashlib.sha256()
-    settings = {k: v for k, v in as_dict(params).items() if k != "epochs"}
+    settings = as_dict(params)
+    if params.lr_schedule == "step":
+        del settings["epochs"]
     # replicas: a data-parallel run visits a multiple of its device count each epoch (cifar10.input_pipeline).
     run = {
         "seed": seed,

@@ -131,9 +131,19 @@ def load_classifier(path: Path, num_classes: int | None = None) -> keras.Model:
     return model
 
 
-def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Return class probabilities (N, classes) for raw uint8 RGB images (N, 32, 32, 3)."""
+def predict_probabilities(
+    model: keras.Model, images: np.ndarray, batch_size: int, flip_tta: bool = False
+) -> np.ndarray:
+    """Return class probabilities (N, classes) for raw uint8 RGB images (N, 32, 32, 3).
+
+    `flip_tta`: the mean of the probabilities of each image and of its mirror image (left and right swapped), the
+    test-time augmentation that matches training's random horizontal flips.
+    """
     probabilities = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    if flip_tta:
+        mirrored = np.ascontiguousarray(images[:, :, ::-1])
+        probabilities += np.asarray(model.predict(mirrored, batch_size=batch_size, verbose=0), dtype=np.float64)
+        probabilities /= 2
     if not np.all(np.isfinite(probabilities)):
         raise DataError("the model's output holds NaN or infinity; its weights are damaged or it diverged")
     return probabilities

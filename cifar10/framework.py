@@ -76,4 +76,39 @@ def accelerator() -> str:
     return "CPU"
 
 
-__all__ = ["accelerator", "keras", "tf"]
+def cpu_has_bfloat16(cpuinfo: str) -> bool:
+    """Return whether /proc/cpuinfo's text lists a bfloat16 matrix or vector unit (AMX or AVX-512 BF16)."""
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def gpu_compute_capability() -> tuple[int, int] | None:
+    """Return the first GPU's CUDA compute capability, or None without a GPU (or where the backend does not say)."""
+    if accelerator() != "GPU":
+        return None
+    if keras.backend.backend() == "jax":
+        import jax
+
+        text = getattr(jax.devices()[0], "compute_capability", None)  # "9.0"
+        return tuple(int(part) for part in text.split(".")[:2]) if text else None
+    details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+    capability = details.get("compute_capability")
+    return tuple(capability) if capability else None
+
+
+def has_bfloat16_hardware() -> bool:
+    """Return whether the device Keras computes on runs bfloat16 natively: an NVIDIA GPU of compute capability 8.0
+    (Ampere) or later, or a CPU with AMX or AVX-512 BF16 (elsewhere bfloat16 is emulated, slower than float32)."""
+    capability = gpu_compute_capability()
+    if capability is not None:
+        return capability >= (8, 0)
+    if accelerator() == "GPU":
+        return False  # a GPU that does not say: float32 is the safe choice
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            return cpu_has_bfloat16(cpuinfo.read(2**20))  # 1 MiB: every core's flags on large machines
+    except OSError:  # not Linux
+        return False
+
+
+__all__ = ["accelerator", "cpu_has_bfloat16", "gpu_compute_capability", "has_bfloat16_hardware", "keras", "tf"]

@@ -18,7 +18,8 @@ import numpy as np
 from cifar10.params import TrainParams
 from cifar10.seeds import stream_seed
 
-# Columns of the per-image draws: flip (0 or 1), rotation (radians), shift right and shift down (pixels).
+# Columns of the per-image draws: flip (0 or 1), rotation (radians), shift right and shift down (pixels; whole
+# pixels with train.whole_pixel_shift).
 FLIP, ANGLE, SHIFT_X, SHIFT_Y = range(4)
 NUM_DRAWS = 4
 
@@ -33,8 +34,13 @@ def draw_augmentation(seed: int, step: int, batch: int, params: TrainParams, hei
     if params.flip:
         draws[:, FLIP] = uniform("flip", 1.0) < 0.0  # a fair coin
     draws[:, ANGLE] = uniform("rotation", params.rotation_deg) * (math.pi / 180.0)
-    draws[:, SHIFT_X] = uniform("shift_x", params.shift) * width
-    draws[:, SHIFT_Y] = uniform("shift_y", params.shift) * height
+    for column, stream, size in ((SHIFT_X, "shift_x", width), (SHIFT_Y, "shift_y", height)):
+        if params.whole_pixel_shift:
+            # Each whole shift in -m..m pixels equally likely, m = floor(shift * size): pad-and-crop by m.
+            most = math.floor(params.shift * size)
+            draws[:, column] = np.floor(uniform(stream, 1.0) * (most + 0.5) + 0.5)
+        else:
+            draws[:, column] = uniform(stream, params.shift) * size
     return draws
 
 

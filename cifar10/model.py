@@ -1,8 +1,12 @@
-"""The network, its learning-rate schedule, and the self-contained model that takes raw uint8 images.
+"""The networks, their loss and learning-rate schedule, and the self-contained model that takes raw uint8 images.
 
-With the default params this is the Keras tutorial's CNN: three blocks of
+`train.network: tutorial` (the default) is the Keras tutorial's CNN: three blocks of
 [Conv2D 3x3 same + L2 -> ELU -> BatchNorm] x 2 -> MaxPool 2x2 -> Dropout (32/64/128 filters,
 dropout 0.2/0.3/0.4), then Flatten -> Dense(classes, softmax): 309,290 parameters for CIFAR-10's 10 classes.
+
+`train.network: resnet` is the fast recipe's network, after the ResNet-9 of the fastest public CIFAR-10 recipes
+(David Page's DAWNBench entry, Keller Jordan's airbench): a full-resolution stem conv, then blocks of
+Conv -> MaxPool -> BatchNorm -> activation with a residual branch, global max pooling and a scaled linear layer.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ DTYPE_POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "m
 CORE_NAME = "cifar10_cnn"  # the network's name inside the training and inference models
 
 
+RESNET_LOGIT_SCALE = 0.125  # the resnet's logits are the linear layer's times this (ResNet-9's): small at the start
+RESNET_BN_MOMENTUM = 0.9  # running statistics follow the last ~10 steps: the fast recipe takes few, large steps
+
+
 def build_seed_cnn(
     params: TrainParams,
     seed: int,
@@ -28,7 +36,8 @@ def build_seed_cnn(
     num_classes: int = len(CLASS_NAMES),
     sync_batch_norm: bool = False,
 ) -> keras.Model:
-    """Return the uncompiled CNN; it takes z-scored float images (N, 32, 32, 3) and returns class probabilities.
+    """Return the uncompiled network `params.network` names; it takes z-scored float images (N, 32, 32, 3) and
+    returns class probabilities.
 
     Each dropout layer draws from its own stream of `seed`; the weights' initial values come from
     Keras' global seed (`keras.utils.set_random_seed`, set by the caller from the "init" stream).
@@ -36,8 +45,21 @@ def build_seed_cnn(
     The softmax always runs in float32 so the loss stays accurate under mixed precision.
     `sync_batch_norm`: batch statistics over all replicas of a tf.distribute strategy (TensorFlow only).
     """
-    layers = keras.layers
     inputs = keras.Input(IMAGE_SHAPE, name="normalized_image")
+    build = _resnet if params.network == "resnet" else _tutorial_cnn
+    logits = build(inputs, params, seed, dtype, num_classes, sync_batch_norm)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+    return keras.Model(inputs, outputs, name=CORE_NAME)
+
+
+def _dropout(x, params: TrainParams, seed: int, block: int, rate: float, dtype: str | None):
+    dropout_seed = stream_seed(seed, "dropout", block) % 2**31  # Keras takes a 32-bit seed
+    return keras.layers.Dropout(rate, seed=dropout_seed, dtype=dtype, name=f"block{block}_dropout")(x)
+
+
+def _tutorial_cnn(inputs, params: TrainParams, seed: int, dtype: str | None, num_classes: int, sync_batch_norm: bool):
+    """Return the tutorial CNN's logits for `inputs`."""
+    layers = keras.layers
     x = inputs
     for block, (width, rate) in enumerate(zip(params.widths, params.dropout), start=1):
         for conv in range(1, params.block_depth + 1):
@@ -52,12 +74,47 @@ def build_seed_cnn(
             x = layers.Activation(params.activation, dtype=dtype, name=f"block{block}_act{conv}")(x)
             x = layers.BatchNormalization(synchronized=sync_batch_norm, dtype=dtype, name=f"block{block}_bn{conv}")(x)
         x = layers.MaxPooling2D(2, dtype=dtype, name=f"block{block}_pool")(x)
-        dropout_seed = stream_seed(seed, "dropout", block) % 2**31  # Keras takes a 32-bit seed
-        x = layers.Dropout(rate, seed=dropout_seed, dtype=dtype, name=f"block{block}_dropout")(x)
+        x = _dropout(x, params, seed, block, rate, dtype)
     x = layers.Flatten(dtype=dtype, name="flatten")(x)
-    x = layers.Dense(num_classes, dtype=dtype, name="logits")(x)
-    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=CORE_NAME)
+    return layers.Dense(num_classes, dtype=dtype, name="logits")(x)
+
+
+def _resnet(inputs, params: TrainParams, seed: int, dtype: str | None, num_classes: int, sync_batch_norm: bool):
+    """Return the small ResNet's logits for `inputs`.
+
+    Block 1 is the stem: one Conv -> BN -> activation at full resolution, widths[0] filters. Every later block:
+    Conv (widths[i]) -> MaxPool 2x2 -> BN -> activation (pooling before normalizing: a quarter of the BN work),
+    then, with block_depth > 1, a residual branch of block_depth - 1 [Conv -> BN -> activation] added to it;
+    dropout after each block where its rate is above 0. Then global max pooling and a linear layer without bias,
+    scaled by RESNET_LOGIT_SCALE. Convs have no bias (BN follows each); L2 weight decay on every kernel.
+    """
+    layers = keras.layers
+    regularizer = keras.regularizers.L2(params.weight_decay) if params.weight_decay else None
+
+    def conv_bn_act(x, width: int, name: str, pool: bool = False):
+        x = layers.Conv2D(
+            width, 3, padding="same", use_bias=False, kernel_regularizer=regularizer, dtype=dtype, name=f"{name}_conv"
+        )(x)
+        if pool:
+            x = layers.MaxPooling2D(2, dtype=dtype, name=f"{name}_pool")(x)
+        x = layers.BatchNormalization(
+            momentum=RESNET_BN_MOMENTUM, synchronized=sync_batch_norm, dtype=dtype, name=f"{name}_bn"
+        )(x)
+        return layers.Activation(params.activation, dtype=dtype, name=f"{name}_act")(x)
+
+    x = inputs
+    for block, (width, rate) in enumerate(zip(params.widths, params.dropout), start=1):
+        x = conv_bn_act(x, width, f"block{block}", pool=block > 1)
+        if block > 1 and params.block_depth > 1:
+            branch = x
+            for conv in range(2, params.block_depth + 1):
+                branch = conv_bn_act(branch, width, f"block{block}_res{conv}")
+            x = layers.Add(dtype=dtype, name=f"block{block}_add")([x, branch])
+        if rate > 0:
+            x = _dropout(x, params, seed, block, rate, dtype)
+    x = layers.GlobalMaxPooling2D(dtype=dtype, name="global_pool")(x)
+    x = layers.Dense(num_classes, use_bias=False, kernel_regularizer=regularizer, dtype=dtype, name="linear")(x)
+    return layers.Rescaling(RESNET_LOGIT_SCALE, dtype=dtype, name="logits")(x)
 
 
 def build_inference_model(core: keras.Model, stats: Stats, class_names: tuple[str, ...] = CLASS_NAMES) -> keras.Model:
@@ -101,9 +158,68 @@ class StepTimeDecay(keras.optimizers.schedules.LearningRateSchedule):
         return {"boundaries": self.boundaries, "values": self.values, "decay": self.decay}
 
 
-def make_schedule(params: TrainParams, steps_per_epoch: int) -> StepTimeDecay:
-    """Return the learning-rate schedule: epoch boundaries from params turned into step boundaries."""
-    return StepTimeDecay([b * steps_per_epoch for b in params.lr_boundaries], list(params.lr_values), params.lr_decay)
+@keras.saving.register_keras_serializable(package="cifar10")
+class LinearSteps(keras.optimizers.schedules.LearningRateSchedule):
+    """Piecewise-linear learning rate by step through (0, 0), (knots[i], values[i]), flat after the last knot,
+    then divided by (1 + decay * step): with one inner knot, the one-cycle (triangular) schedule."""
+
+    def __init__(self, knots: list[int], values: list[float], decay: float) -> None:
+        self.knots = [int(k) for k in knots]  # steps, rising
+        self.values = [float(v) for v in values]  # the rate at each knot
+        self.decay = float(decay)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        lr = keras.ops.convert_to_tensor(0.0, "float32")
+        for (k0, v0), (k1, v1) in zip([(0, 0.0), *zip(self.knots, self.values)], zip(self.knots, self.values)):
+            between = (step - k0) / max(k1 - k0, 1) * (v1 - v0) + v0
+            lr = keras.ops.where(step >= k0, between, lr)
+        if self.knots:  # past the last knot the rate stays at its value
+            lr = keras.ops.where(step >= self.knots[-1], self.values[-1], lr)
+        return lr / (1.0 + self.decay * step)
+
+    def get_config(self) -> dict:
+        return {"knots": self.knots, "values": self.values, "decay": self.decay}
+
+
+def make_schedule(params: TrainParams, steps_per_epoch: int) -> StepTimeDecay | LinearSteps:
+    """Return the learning-rate schedule: epoch boundaries from params turned into steps.
+
+    step: lr_values[i] from boundary i on. linear: straight lines from 0 at the first step through lr_values[i]
+    at boundary i to lr_values[-1] at the end of the last epoch.
+    """
+    steps = [b * steps_per_epoch for b in params.lr_boundaries]
+    if params.lr_schedule == "linear":
+        return LinearSteps([*steps, params.epochs * steps_per_epoch], list(params.lr_values), params.lr_decay)
+    return StepTimeDecay(steps, list(params.lr_values), params.lr_decay)
+
+
+@keras.saving.register_keras_serializable(package="cifar10")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy of probabilities against integer labels smoothed by `smoothing`: each label becomes
+    1 - smoothing + smoothing / classes for its class and smoothing / classes for every other one.
+
+    Keras' sparse cross-entropy has no smoothing, and the batches carry integer labels on every path.
+    """
+
+    def __init__(self, smoothing: float = 0.0, name: str = "smoothed_sparse_crossentropy", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.smoothing = float(smoothing)
+
+    def call(self, y_true, y_pred):
+        classes = keras.ops.shape(y_pred)[-1]
+        one_hot = keras.ops.one_hot(keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,)), classes)
+        return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=self.smoothing)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "smoothing": self.smoothing}
+
+
+def make_loss(params: TrainParams) -> keras.losses.Loss:
+    """Return the training loss: Keras' sparse categorical cross-entropy, or its smoothed form."""
+    if params.label_smoothing:
+        return SmoothedSparseCrossentropy(params.label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy()  # categorical cross-entropy on integer labels
 
 
 def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:

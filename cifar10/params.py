@@ -4,7 +4,7 @@ The file is read strictly and at a bounded cost, whatever it holds: at most 256 
 (no anchors, aliases, tags or merge keys), string keys that each appear once, at most 8 levels and
 10,000 values. Every value is then checked: its type, its range (written beside each field below; every
 float finite), the length of every list. Anything else raises ParamError with one line of at most
-280 characters naming the key and the value, e.g. `train.epochs must be a positive integer, got -3`.
+360 characters naming the key and the value, e.g. `train.epochs must be a positive integer, got -3`.
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ LABEL_KINDS = ("fine", "coarse")  # CIFAR-100's 100 classes or its 20 superclass
 
 NORMALIZE_METHODS = ("global", "per_channel")
 ACTIVATIONS = ("elu", "relu", "gelu", "swish")
+NETWORKS = ("tutorial", "resnet")  # cifar10/model.py draws both
+LR_SCHEDULES = ("step", "linear")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
-MIXED_PRECISION = ("none", "bfloat16", "float16")
+MIXED_PRECISION = ("auto", "none", "bfloat16", "float16")
 EXPORT_FORMATS = ("saved_model", "litert", "onnx")
 
 # Ranges shared by several fields; each field's comment gives its own range.
@@ -55,7 +57,7 @@ MAX_FILE_BYTES = 256 * 2**10  # 85 times the committed file; the slowest 256 KiB
 MAX_DEPTH = 8  # nodes from the top mapping down: a 20,000-deep `[[[...` stops here, far from RecursionError
 MAX_NODES = 10_000  # scalars, lists and mappings together
 MAX_NUMBER_CHARS = 64  # longest numeric literal: int() refuses 4300 digits; base-60 `1:2:3...` is quadratic
-MAX_MESSAGE_CHARS = 280  # one line of `error: ...` fits 300 columns
+MAX_MESSAGE_CHARS = 360  # `error: ...` with a 40-character bad key and all 23 train keys known (about 320)
 
 T = TypeVar("T")
 
@@ -190,22 +192,26 @@ class NormalizeParams:
 class TrainParams:
     epochs: int  # 1..MAX_EPOCHS (100,000)
     batch_size: int  # 1..MAX_BATCH_SIZE (65,536) images per step
+    network: str  # tutorial (the Keras tutorial's CNN) | resnet (a small ResNet: the fast recipe's)
     widths: tuple[int, ...]  # filters of each conv block: 1..MAX_BLOCKS (5) blocks, each 1..MAX_WIDTH (4096)
     block_depth: int  # 1..16 conv layers per block
     dropout: tuple[float, ...]  # after each block, one rate per block, each in [0, 1)
     activation: str
     weight_decay: float  # [0, 1]: L2 factor on the conv kernels
+    label_smoothing: float  # [0, 1): share of each label's probability spread evenly over all classes
     rotation_deg: float  # [0, 180]: random rotation in [-rotation_deg, +rotation_deg] degrees
     shift: float  # [0, 1): random shift, fraction of width and height
     flip: bool  # random horizontal flip
     fill_mode: str  # how rotation and shift fill pixels from outside the image
+    whole_pixel_shift: bool  # shifts rounded to whole pixels: with fill_mode, pad-and-crop
     optimizer: str
+    lr_schedule: str  # step: lr_values[i] between boundaries; linear: straight lines between them
     lr_boundaries: tuple[int, ...]  # 0..MAX_LR_BOUNDARIES (64) epochs, strictly increasing in 1..MAX_EPOCHS:
     # epochs completed after which the next value applies
     lr_values: tuple[float, ...]  # one more value than boundaries, each in (0, MAX_LEARNING_RATE (1e6)]
     lr_decay: float  # [0, 1]: time decay per step: lr / (1 + lr_decay * step), as Keras 2's `decay`
     deterministic: bool  # op determinism: identical metrics on a rerun on CPU (slower)
-    mixed_precision: str  # none | bfloat16 (CPUs with AVX-512 BF16/AMX, Ampere+ GPUs) | float16 (GPUs)
+    mixed_precision: str  # auto (bfloat16 where the hardware has it, else none) | none | bfloat16 | float16 (GPUs)
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", "must be a positive integer", self.epochs)
@@ -238,13 +244,26 @@ class TrainParams:
             list(self.dropout),
         )
         _check(all(0 <= d < 1 for d in self.dropout), "train.dropout", "rates must be in [0, 1)", list(self.dropout))
+        _check(self.network in NETWORKS, "train.network", f"must be one of {NETWORKS}", self.network)
+        _check(
+            self.network != "resnet" or len(self.widths) >= 2,
+            "train.widths",
+            "must have at least 2 blocks for train.network resnet (the first is its full-resolution stem)",
+            list(self.widths),
+        )
         _check(self.activation in ACTIVATIONS, "train.activation", f"must be one of {ACTIVATIONS}", self.activation)
         _check(self.weight_decay >= 0, "train.weight_decay", "must be a non-negative number", self.weight_decay)
         _check(self.weight_decay <= 1, "train.weight_decay", "must be at most 1", self.weight_decay)
+        _check(
+            0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)", self.label_smoothing
+        )
         _check(0 <= self.rotation_deg <= 180, "train.rotation_deg", "must be in [0, 180]", self.rotation_deg)
         _check(0 <= self.shift < 1, "train.shift", "must be in [0, 1)", self.shift)
         _check(self.fill_mode in FILL_MODES, "train.fill_mode", f"must be one of {FILL_MODES}", self.fill_mode)
         _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {OPTIMIZERS}", self.optimizer)
+        _check(
+            self.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"must be one of {LR_SCHEDULES}", self.lr_schedule
+        )
         _check(
             len(self.lr_boundaries) <= MAX_LR_BOUNDARIES,
             "train.lr_boundaries",
@@ -264,7 +283,16 @@ class TrainParams:
             f"must be positive and strictly increasing epochs, at most {MAX_EPOCHS}",
             list(self.lr_boundaries),
         )
-        _check(all(v > 0 for v in self.lr_values), "train.lr_values", "must be positive", list(self.lr_values))
+        # The linear schedule's last value is where it ends (at the last epoch): 0 is the usual end of one cycle.
+        positive = self.lr_values[:-1] if self.lr_schedule == "linear" else self.lr_values
+        _check(all(v > 0 for v in positive), "train.lr_values", "must be positive", list(self.lr_values))
+        _check(self.lr_values[-1] >= 0, "train.lr_values", "must not be negative", list(self.lr_values))
+        _check(
+            self.lr_schedule != "linear" or all(b < self.epochs for b in self.lr_boundaries),
+            "train.lr_boundaries",
+            f"must be below train.epochs ({self.epochs}) for the linear schedule, which ends at the last epoch",
+            list(self.lr_boundaries),
+        )
         _check(
             all(v <= MAX_LEARNING_RATE for v in self.lr_values),
             "train.lr_values",
@@ -284,6 +312,7 @@ class TrainParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int  # 1..MAX_BATCH_SIZE (65,536) images per inference step; no effect on the result
+    flip_tta: bool  # test-time augmentation: average the probabilities of each image and its mirror image
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "evaluate.batch_size", "must be a positive integer", self.batch_size)

@@ -4,6 +4,7 @@ The test batch and its labels are those of dataset.name and dataset.labels; the 
 class names as the archive's meta member (CIFAR-10's 10, CIFAR-100's 100 fine or 20 coarse).
 
 Testing the raw-image model end to end checks the normalization it carries, not just the network.
+With evaluate.flip_tta, each image's probabilities are the mean of its own and its mirror image's.
 Writes metrics/evaluate.json (test accuracy and loss), per-class precision and recall (CSV, drawn as a
 bar chart), one row per test image (actual, predicted) for DVC's confusion-matrix plot, and PNGs: the
 labelled confusion matrix,
@@ -59,7 +60,7 @@ def main() -> None:
             "train it with the same dataset params"
         )
     start = time.perf_counter()
-    probabilities = predict_probabilities(model, test.images, params.batch_size)
+    probabilities = predict_probabilities(model, test.images, params.batch_size, params.flip_tta)
     seconds = time.perf_counter() - start
     predicted = probabilities.argmax(axis=1)
     counts = confusion_matrix(test.labels, predicted, len(names))

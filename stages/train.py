@@ -42,12 +42,14 @@ def main() -> None:
 
     from cifar10.classifier import save_classifier
     from cifar10.distribution import configure_distribution
-    from cifar10.training import configure_runtime, headline, summarize, train_model
+    from cifar10.model import DTYPE_POLICIES
+    from cifar10.training import configure_runtime, headline, resolve_precision, summarize, train_model
 
     arrays, stats = read_normalized(args.data)  # numpy only: a bad folder fails before any worker waits for others
     class_names = read_class_names(args.data)
     # Before the backend runs anything: JAX's processes must connect, TensorFlow's multi-worker strategy be made.
     distribution = configure_distribution(resources.strategy)
+    params = resolve_precision(params)  # "auto": bfloat16 or none for this machine, used and recorded as such
     device = configure_runtime(params, seed)
     if note := devices_note(devices, device):
         print(f"train: {note}")
@@ -55,7 +57,7 @@ def main() -> None:
         print(f"train: {distribution.describe(resources.strategy)}")
     print(
         f"train: {len(arrays['x_train'])} training, {len(arrays['x_val'])} validation images, "
-        f"{len(class_names)} classes, on {device}"
+        f"{len(class_names)} classes, on {device} in {DTYPE_POLICIES[params.mixed_precision]}"
     )
 
     start = time.perf_counter()

@@ -129,3 +129,51 @@ def test_a_stage_pins_the_devices_of_its_params_file(before_the_framework, tmp_p
 def test_determinism_goes_to_the_process_environment_by_default(before_the_framework):
     request_determinism()
     assert ours(before_the_framework) == {"PATH": "/bin", "XLA_FLAGS": "--xla_gpu_deterministic_ops=true"}
+
+
+# --- train.mixed_precision: auto ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "has"),
+    [
+        ("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", True),  # Cooper Lake, Zen 4
+        ("flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile", True),  # Sapphire Rapids
+        ("flags\t\t: fpu avx2 avx512f avx512bw avx512_vnni", False),  # AVX-512 without BF16: emulated, slow
+        ("flags\t\t: fpu avx2\nbugs\t\t: avx512_bf16", False),  # only the flags line counts
+        ("", False),
+    ],
+)
+def test_bfloat16_is_found_in_the_cpu_flags_only(flags, has):
+    from cifar10.framework import cpu_has_bfloat16
+
+    assert cpu_has_bfloat16("processor\t: 0\n" + flags + "\n") is has
+
+
+def test_auto_precision_follows_the_hardware_and_explicit_values_stay(monkeypatch):
+    import cifar10.framework as framework
+    import cifar10.training as training
+    from tests.conftest import train_params
+
+    auto = train_params(mixed_precision="auto")
+    monkeypatch.setattr(training, "has_bfloat16_hardware", lambda: True)
+    assert training.resolve_precision(auto).mixed_precision == "bfloat16"
+    assert training.resolve_precision(train_params(mixed_precision="none")).mixed_precision == "none"
+    monkeypatch.setattr(training, "has_bfloat16_hardware", lambda: False)
+    assert training.resolve_precision(auto).mixed_precision == "none"
+    assert training.resolve_precision(train_params(mixed_precision="float16")).mixed_precision == "float16"
+    assert training.resolve_precision(auto) == train_params(mixed_precision="none")  # nothing else changes
+    # GPUs: Ampere (8.0) and later run bfloat16 natively, Turing (7.5) emulates it.
+    monkeypatch.setattr(framework, "accelerator", lambda: "GPU")
+    for capability, has in (((9, 0), True), ((8, 0), True), ((7, 5), False), (None, False)):
+        monkeypatch.setattr(framework, "gpu_compute_capability", lambda capability=capability: capability)
+        assert framework.has_bfloat16_hardware() is has, capability
+
+
+def test_on_a_cpu_auto_reads_this_machines_flags():
+    from cifar10.framework import accelerator, cpu_has_bfloat16, has_bfloat16_hardware
+
+    if accelerator() != "CPU":
+        pytest.skip("a GPU machine decides by its GPU")
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        assert has_bfloat16_hardware() is cpu_has_bfloat16(cpuinfo.read())

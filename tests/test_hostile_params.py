@@ -27,7 +27,7 @@ from cifar10.params import SECTIONS, DownloadParams, load_section, load_seed, pa
 from tests.conftest import ROOT, run_limited
 
 COMMITTED = (ROOT / "params.yaml").read_text()
-MAX_LINE = 300  # the longest `error: ...` line a user may see
+MAX_LINE = 367  # the longest `error: ...` line a user may see (cifar10.params.MAX_MESSAGE_CHARS + "error: ")
 MEMORY_MB = 512  # address space for a stage fed a hostile file; a refusing stage runs in under 100 MB
 TIMEOUT_S = 30  # before the fix, the shared-reference tree took 116 s
 
@@ -252,6 +252,8 @@ EDGES_ACCEPTED = [
     {"train.dropout": [0, 0.5, 0.999]},
     {"train.weight_decay": 0},
     {"train.weight_decay": 1},
+    {"train.label_smoothing": 0},
+    {"train.label_smoothing": 0.999},
     {"train.rotation_deg": 0},
     {"train.rotation_deg": 180},
     {"train.shift": 0},
@@ -261,6 +263,8 @@ EDGES_ACCEPTED = [
     {"train.lr_boundaries": [99_999, 100_000], "train.lr_values": [1e-12, 1e6, 1e6]},
     {"train.lr_decay": 0},
     {"train.lr_decay": 1},
+    # The linear schedule: its last value (where it ends) may be 0, its boundaries stop before the last epoch.
+    {"train.lr_schedule": "linear", "train.lr_boundaries": [1, 124], "train.lr_values": [1e-3, 5e-4, 0]},
     {"evaluate.batch_size": 1},
     {"evaluate.batch_size": 65_536},
     {"gate.min_test_accuracy": 0, "gate.max_drop": 0},
@@ -316,6 +320,16 @@ OUT_OF_RANGE = [
     ({"train.rotation_deg": 180.5}, "train.rotation_deg must be in [0, 180], got 180.5"),
     ({"train.shift": -0.1}, "train.shift must be in [0, 1), got -0.1"),
     ({"train.shift": 1.0}, "train.shift must be in [0, 1), got 1.0"),
+    ({"train.label_smoothing": -0.1}, "train.label_smoothing must be in [0, 1), got -0.1"),
+    ({"train.label_smoothing": 1}, "train.label_smoothing must be in [0, 1), got 1.0"),
+    (
+        {"train.lr_schedule": "linear", "train.lr_boundaries": [75, 125]},
+        "train.lr_boundaries must be below train.epochs (125) for the linear schedule",
+    ),
+    (
+        {"train.lr_schedule": "linear", "train.lr_values": [1e-3, 5e-4, -1e-4]},
+        "train.lr_values must not be negative, got [0.001, 0.0005, -0.0001]",
+    ),
     ({"train.lr_boundaries": [0, 100]}, "train.lr_boundaries must be positive and strictly increasing epochs"),
     ({"train.lr_boundaries": [75, 100_001]}, "train.lr_boundaries must be positive and strictly increasing epochs"),
     (

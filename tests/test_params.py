@@ -47,7 +47,15 @@ def test_committed_params_are_the_tutorial_recipe():
         1e-6,
     )
     assert (train.rotation_deg, train.shift, train.flip, train.activation) == (15.0, 0.1, True, "elu")
-    assert load_section(raw, "evaluate") == EvaluateParams(batch_size=500)
+    # The fast recipe's options are off: the tutorial's network, loss, shifts and schedule (recipes/ turns them on).
+    assert (train.network, train.label_smoothing, train.whole_pixel_shift, train.lr_schedule) == (
+        "tutorial",
+        0.0,
+        False,
+        "step",
+    )
+    assert train.mixed_precision == "auto"  # float32 unless the hardware runs bfloat16 natively
+    assert load_section(raw, "evaluate") == EvaluateParams(batch_size=500, flip_tta=False)
     assert load_section(raw, "resources") == ResourceParams(devices=(), strategy="one")  # every GPU there is
 
 
