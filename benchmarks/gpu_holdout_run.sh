@@ -21,7 +21,7 @@ python3 -c "import tensorflow" 2>/dev/null && echo "TensorFlow is installed" || 
 
 source "$(dirname "$0")/gpu_common.sh"
 prepare_holdout "$source_tar" "$make_archive"
-set_params train.epochs=2
+set_params train.epochs=2 train.mixed_precision=none  # float32, as when the README's figures ran
 train() { python3 -m stages.train data/normalized models dvclive metrics/train.json checkpoints; }
 t0=$(date +%s.%N); train; t1=$(date +%s.%N)
 per_epoch=$(python3 -c "import json; print(json.load(open('models/meta.json'))['training']['seconds_per_epoch'])")

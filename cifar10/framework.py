@@ -89,14 +89,14 @@ def gpu_compute_capability() -> tuple[int, int] | None:
     if keras.backend.backend() == "jax":
         import jax
 
-        text = getattr(jax.devices()[0], "compute_capability", None)  # "9.0"
+        text = getattr(jax.local_devices()[0], "compute_capability", None)  # "9.0"
         return tuple(int(part) for part in text.split(".")[:2]) if text else None
     details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
     capability = details.get("compute_capability")
     return tuple(capability) if capability else None
 
 
-def has_bfloat16_hardware() -> bool:
+def has_bfloat16_hardware(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
     """Return whether the device Keras computes on runs bfloat16 natively: an NVIDIA GPU of compute capability 8.0
     (Ampere) or later, or a CPU with AMX or AVX-512 BF16 (elsewhere bfloat16 is emulated, slower than float32)."""
     capability = gpu_compute_capability()
@@ -105,7 +105,7 @@ def has_bfloat16_hardware() -> bool:
     if accelerator() == "GPU":
         return False  # a GPU that does not say: float32 is the safe choice
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as cpuinfo:
             return cpu_has_bfloat16(cpuinfo.read(2**20))  # 1 MiB: every core's flags on large machines
     except OSError:  # not Linux
         return False

@@ -208,7 +208,8 @@ class TrainParams:
     lr_schedule: str  # step: lr_values[i] between boundaries; linear: straight lines between them
     lr_boundaries: tuple[int, ...]  # 0..MAX_LR_BOUNDARIES (64) epochs, strictly increasing in 1..MAX_EPOCHS:
     # epochs completed after which the next value applies
-    lr_values: tuple[float, ...]  # one more value than boundaries, each in (0, MAX_LEARNING_RATE (1e6)]
+    lr_values: tuple[float, ...]  # one more value than boundaries, each in (0, MAX_LEARNING_RATE (1e6)]; the
+    # linear schedule's last one (where it ends) in [0, 1e6]
     lr_decay: float  # [0, 1]: time decay per step: lr / (1 + lr_decay * step), as Keras 2's `decay`
     deterministic: bool  # op determinism: identical metrics on a rerun on CPU (slower)
     mixed_precision: str  # auto (bfloat16 where the hardware has it, else none) | none | bfloat16 | float16 (GPUs)
@@ -287,6 +288,7 @@ class TrainParams:
         positive = self.lr_values[:-1] if self.lr_schedule == "linear" else self.lr_values
         _check(all(v > 0 for v in positive), "train.lr_values", "must be positive", list(self.lr_values))
         _check(self.lr_values[-1] >= 0, "train.lr_values", "must not be negative", list(self.lr_values))
+        _check(max(self.lr_values) > 0, "train.lr_values", "must hold a rate above 0", list(self.lr_values))
         _check(
             self.lr_schedule != "linear" or all(b < self.epochs for b in self.lr_boundaries),
             "train.lr_boundaries",

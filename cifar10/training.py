@@ -50,7 +50,8 @@ def resolve_precision(params: TrainParams) -> TrainParams:
 
     The stage trains, fingerprints its checkpoints and records the resolved value, so a bfloat16 checkpoint is
     never resumed as a float32 run. bfloat16 was checked against float32 on a GPU before it became the default
-    there: the same validation accuracy or better, in 3 pairs of runs (README: precision).
+    there (README: Precision by hardware): the tutorial recipe 1.6 to 2.1 points higher in validation after 20
+    epochs (2 seeds each), the fast recipe 0.4 points higher in test accuracy and 0.7 lower in validation.
     """
     if params.mixed_precision != "auto":
         return params
@@ -169,6 +170,7 @@ def train_model(
     `class_names`: the classes the labels index (stats.json's); the network gets one output per name, and the
     inference model carries the names.
     """
+    params = resolve_precision(params)  # the fingerprint holds what trains: "bfloat16" or "none", never "auto"
     distribution = distribution or Distribution()
     replicas = distribution.replicas
     if params.batch_size % replicas:

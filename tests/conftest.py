@@ -144,8 +144,9 @@ def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def train_params(**overrides) -> TrainParams:
-    """The committed train params with some values replaced, checked as a stage would."""
-    return load_section_from(ROOT / "params.yaml", "train", **overrides)
+    """The committed train params with some values replaced, checked as a stage would; float32 unless an override
+    says otherwise (the committed "auto" would make the tests' arithmetic depend on the host's CPU)."""
+    return load_section_from(ROOT / "params.yaml", "train", **{"mixed_precision": "none", **overrides})
 
 
 def normalize_params(**overrides) -> NormalizeParams:
@@ -162,6 +163,7 @@ TINY_TRAIN = {
     "widths": [4, 8, 8],
     "lr_boundaries": [1],
     "lr_values": [0.003, 0.001],
+    "mixed_precision": "none",  # float32 on every host; tests/test_pipeline.py's walk runs "auto"
 }
 
 

@@ -170,10 +170,15 @@ def test_auto_precision_follows_the_hardware_and_explicit_values_stay(monkeypatc
         assert framework.has_bfloat16_hardware() is has, capability
 
 
-def test_on_a_cpu_auto_reads_this_machines_flags():
-    from cifar10.framework import accelerator, cpu_has_bfloat16, has_bfloat16_hardware
+def test_on_a_cpu_auto_reads_the_cpu_flags(tmp_path, monkeypatch):
+    import cifar10.framework as framework
 
-    if accelerator() != "CPU":
-        pytest.skip("a GPU machine decides by its GPU")
-    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        assert has_bfloat16_hardware() is cpu_has_bfloat16(cpuinfo.read())
+    monkeypatch.setattr(framework, "accelerator", lambda: "CPU")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\n")
+    assert framework.has_bfloat16_hardware(str(cpuinfo)) is True
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
+    assert framework.has_bfloat16_hardware(str(cpuinfo)) is False
+    assert framework.has_bfloat16_hardware(str(tmp_path / "missing")) is False  # not Linux: float32
+    with open("/proc/cpuinfo", encoding="utf-8") as real:  # and by default, this machine's own flags
+        assert framework.has_bfloat16_hardware() is framework.cpu_has_bfloat16(real.read())

@@ -330,6 +330,10 @@ OUT_OF_RANGE = [
         {"train.lr_schedule": "linear", "train.lr_values": [1e-3, 5e-4, -1e-4]},
         "train.lr_values must not be negative, got [0.001, 0.0005, -0.0001]",
     ),
+    (
+        {"train.lr_schedule": "linear", "train.lr_boundaries": [], "train.lr_values": [0]},
+        "train.lr_values must hold a rate above 0, got [0.0]",
+    ),
     ({"train.lr_boundaries": [0, 100]}, "train.lr_boundaries must be positive and strictly increasing epochs"),
     ({"train.lr_boundaries": [75, 100_001]}, "train.lr_boundaries must be positive and strictly increasing epochs"),
     (

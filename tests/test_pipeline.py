@@ -50,7 +50,7 @@ def served_project(project: Path, archive, http_server) -> Path:
         {
             "download": {"url": f"{base}/cifar-10-python.tar.gz", "md5": md5, "retries": 0},
             "normalize": {"val_size": 20},
-            "train": TINY_TRAIN,
+            "train": {**TINY_TRAIN, "mixed_precision": "auto"},  # as committed: the stage picks by hardware
             "evaluate": {"batch_size": 7},
         },
     )
