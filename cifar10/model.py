@@ -52,7 +52,7 @@ def build_seed_cnn(
     return keras.Model(inputs, outputs, name=CORE_NAME)
 
 
-def _dropout(x, params: TrainParams, seed: int, block: int, rate: float, dtype: str | None):
+def _dropout(x, seed: int, block: int, rate: float, dtype: str | None):
     dropout_seed = stream_seed(seed, "dropout", block) % 2**31  # Keras takes a 32-bit seed
     return keras.layers.Dropout(rate, seed=dropout_seed, dtype=dtype, name=f"block{block}_dropout")(x)
 
@@ -74,7 +74,7 @@ def _tutorial_cnn(inputs, params: TrainParams, seed: int, dtype: str | None, num
             x = layers.Activation(params.activation, dtype=dtype, name=f"block{block}_act{conv}")(x)
             x = layers.BatchNormalization(synchronized=sync_batch_norm, dtype=dtype, name=f"block{block}_bn{conv}")(x)
         x = layers.MaxPooling2D(2, dtype=dtype, name=f"block{block}_pool")(x)
-        x = _dropout(x, params, seed, block, rate, dtype)
+        x = _dropout(x, seed, block, rate, dtype)
     x = layers.Flatten(dtype=dtype, name="flatten")(x)
     return layers.Dense(num_classes, dtype=dtype, name="logits")(x)
 
@@ -111,7 +111,7 @@ def _resnet(inputs, params: TrainParams, seed: int, dtype: str | None, num_class
                 branch = conv_bn_act(branch, width, f"block{block}_res{conv}")
             x = layers.Add(dtype=dtype, name=f"block{block}_add")([x, branch])
         if rate > 0:
-            x = _dropout(x, params, seed, block, rate, dtype)
+            x = _dropout(x, seed, block, rate, dtype)
     x = layers.GlobalMaxPooling2D(dtype=dtype, name="global_pool")(x)
     x = layers.Dense(num_classes, use_bias=False, kernel_regularizer=regularizer, dtype=dtype, name="linear")(x)
     return layers.Rescaling(RESNET_LOGIT_SCALE, dtype=dtype, name="logits")(x)
@@ -172,7 +172,7 @@ class LinearSteps(keras.optimizers.schedules.LearningRateSchedule):
         step = keras.ops.cast(step, "float32")
         lr = keras.ops.convert_to_tensor(0.0, "float32")
         for (k0, v0), (k1, v1) in zip([(0, 0.0), *zip(self.knots, self.values)], zip(self.knots, self.values)):
-            between = (step - k0) / max(k1 - k0, 1) * (v1 - v0) + v0
+            between = (step - k0) / (k1 - k0) * (v1 - v0) + v0  # k1 > k0: params keep the knots rising from 0
             lr = keras.ops.where(step >= k0, between, lr)
         if self.knots:  # past the last knot the rate stays at its value
             lr = keras.ops.where(step >= self.knots[-1], self.values[-1], lr)
