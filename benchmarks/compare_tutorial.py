@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cifar10.dataset import CLASS_NAMES  # noqa: E402
+from cifar10.devices import cpu_bfloat16_unit  # noqa: E402
 from cifar10.normalized import write_normalized  # noqa: E402
 from cifar10.preprocessing import compute_stats  # noqa: E402
 
@@ -58,9 +59,7 @@ def machine() -> str:
 
 def bf16_hardware() -> bool:
     """Whether this machine computes bfloat16 natively: a CPU with AVX512_BF16 or AMX, or an NVIDIA GPU."""
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
-    return "avx512_bf16" in flags or "amx_bf16" in flags or shutil.which("nvidia-smi") is not None
+    return cpu_bfloat16_unit() or shutil.which("nvidia-smi") is not None
 
 
 def prepare(folder: Path, images: int) -> tuple[Path, Path]:

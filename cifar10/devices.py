@@ -51,3 +51,19 @@ def devices_note(devices: tuple[int, ...], accelerator: str) -> str | None:
     if devices and accelerator != "GPU":
         return f"resources.devices {list(devices)} ignored: no GPU visible, running on {accelerator}"
     return None
+
+
+def cpu_has_bfloat16(cpuinfo: str) -> bool:
+    """Return whether /proc/cpuinfo's text lists a bfloat16 matrix or vector unit (AMX or AVX-512 BF16)."""
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_bfloat16_unit(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
+    """Return whether this machine's CPU runs bfloat16 natively, by its cpuinfo flags (False where there is no
+    such file: not Linux). No framework needed: benchmarks that only launch stages ask this too."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as cpuinfo:
+            return cpu_has_bfloat16(cpuinfo.read(2**20))  # 1 MiB: every core's flags on large machines
+    except OSError:
+        return False

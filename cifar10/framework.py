@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from cifar10.devices import cpu_bfloat16_unit
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO and WARNING lines off; ERROR lines stay
 
 # Substrings of the start-up lines that say nothing wrong: no GPU driver on a CPU machine, CPU features.
@@ -76,12 +78,6 @@ def accelerator() -> str:
     return "CPU"
 
 
-def cpu_has_bfloat16(cpuinfo: str) -> bool:
-    """Return whether /proc/cpuinfo's text lists a bfloat16 matrix or vector unit (AMX or AVX-512 BF16)."""
-    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
 def gpu_compute_capability() -> tuple[int, int] | None:
     """Return the first GPU's CUDA compute capability, or None without a GPU (or where the backend does not say)."""
     if accelerator() != "GPU":
@@ -104,11 +100,7 @@ def has_bfloat16_hardware(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
         return capability >= (8, 0)
     if accelerator() == "GPU":
         return False  # a GPU that does not say: float32 is the safe choice
-    try:
-        with open(cpuinfo_path, encoding="utf-8", errors="replace") as cpuinfo:
-            return cpu_has_bfloat16(cpuinfo.read(2**20))  # 1 MiB: every core's flags on large machines
-    except OSError:  # not Linux
-        return False
+    return cpu_bfloat16_unit(cpuinfo_path)
 
 
-__all__ = ["accelerator", "cpu_has_bfloat16", "gpu_compute_capability", "has_bfloat16_hardware", "keras", "tf"]
+__all__ = ["accelerator", "gpu_compute_capability", "has_bfloat16_hardware", "keras", "tf"]

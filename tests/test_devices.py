@@ -145,7 +145,7 @@ def test_determinism_goes_to_the_process_environment_by_default(before_the_frame
     ],
 )
 def test_bfloat16_is_found_in_the_cpu_flags_only(flags, has):
-    from cifar10.framework import cpu_has_bfloat16
+    from cifar10.devices import cpu_has_bfloat16
 
     assert cpu_has_bfloat16("processor\t: 0\n" + flags + "\n") is has
 
@@ -172,6 +172,7 @@ def test_auto_precision_follows_the_hardware_and_explicit_values_stay(monkeypatc
 
 def test_on_a_cpu_auto_reads_the_cpu_flags(tmp_path, monkeypatch):
     import cifar10.framework as framework
+    from cifar10.devices import cpu_has_bfloat16
 
     monkeypatch.setattr(framework, "accelerator", lambda: "CPU")
     cpuinfo = tmp_path / "cpuinfo"
@@ -181,4 +182,4 @@ def test_on_a_cpu_auto_reads_the_cpu_flags(tmp_path, monkeypatch):
     assert framework.has_bfloat16_hardware(str(cpuinfo)) is False
     assert framework.has_bfloat16_hardware(str(tmp_path / "missing")) is False  # not Linux: float32
     with open("/proc/cpuinfo", encoding="utf-8") as real:  # and by default, this machine's own flags
-        assert framework.has_bfloat16_hardware() is framework.cpu_has_bfloat16(real.read())
+        assert framework.has_bfloat16_hardware() is cpu_has_bfloat16(real.read())

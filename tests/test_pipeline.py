@@ -17,7 +17,8 @@ from PIL import Image
 from cifar10.archive import load_test
 from cifar10.classifier import class_names_of
 from cifar10.dataset import CLASS_NAMES
-from cifar10.framework import cpu_has_bfloat16, keras
+from cifar10.devices import cpu_bfloat16_unit
+from cifar10.framework import keras
 from tests.conftest import PER_BATCH, TEST_IMAGES, TINY_TRAIN, dvc, git, run, set_params
 
 pytestmark = pytest.mark.slow
@@ -93,8 +94,7 @@ def test_repro_produces_every_output_and_caches(served_project: Path, archive):
     meta = json.loads((repo / "models/meta.json").read_text())
     assert meta["seed"] == 42 and meta["train"]["widths"] == [4, 8, 8] and meta["class_names"] == list(CLASS_NAMES)
     # params.yaml says mixed_precision "auto": the record holds what this machine chose (a CPU, so by its flags).
-    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        chosen = "bfloat16" if cpu_has_bfloat16(cpuinfo.read()) else "none"
+    chosen = "bfloat16" if cpu_bfloat16_unit() else "none"
     assert meta["train"]["mixed_precision"] == training["mixed_precision"] == chosen
 
     # Evaluate: two metrics, consistent with the per-image predictions the confusion plot reads.
