@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -239,7 +240,15 @@ def test_each_recipe_applies_with_dvc_and_trains_on_tiny_data(recipe, tmp_path):
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_make_runs_each_recipe_as_one_dvc_experiment(recipe):
     overrides = [line for line in recipe.read_text().splitlines() if line and not line.startswith("#")]
+    # Under `make test` the parent make's MAKEFLAGS/MAKELEVEL reach this make, which then prints "Entering directory"
+    # lines: a clean environment and --no-print-directory keep the output to the recipe's one command.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
     printed = subprocess.run(
-        ["make", "-n", "-o", ".venv/.installed", recipe.stem], cwd=ROOT, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", "-o", ".venv/.installed", recipe.stem],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     assert printed == "dvc exp run " + " ".join(f"-S '{o}'" for o in overrides)
