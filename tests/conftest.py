@@ -130,17 +130,25 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def start_server(root: Path) -> tuple[http.server.ThreadingHTTPServer, str, Path]:
+    """Serve a fresh folder `root` on 127.0.0.1 from a thread; return (server, base URL, folder)."""
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}", root
+
+
+def stop_server(server: http.server.ThreadingHTTPServer) -> None:
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture()
 def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """Serve a fresh folder on 127.0.0.1; yield (base URL, folder)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", root
-    server.shutdown()
-    server.server_close()
+    server, base, root = start_server(tmp_path / "www")
+    yield base, root
+    stop_server(server)
 
 
 def train_params(**overrides) -> TrainParams:
@@ -264,7 +272,11 @@ def set_params(repo: Path, updates: dict[str, dict]) -> None:
 def project(tmp_path: Path) -> Path:
     """A committed git + DVC repo with a copy of the project (stages, library, dvc.yaml, params.yaml, plot
     templates), git identity."""
-    repo = tmp_path / "project"
+    return make_project(tmp_path / "project")
+
+
+def make_project(repo: Path) -> Path:
+    """Make `repo` the project fixture's committed git + DVC copy of the project."""
     repo.mkdir()
     for name in ("stages", "cifar10"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -4,10 +4,14 @@ downloading the synthetic archive from a local HTTP server on 127.0.0.1."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,18 @@ from cifar10.classifier import class_names_of
 from cifar10.dataset import CLASS_NAMES
 from cifar10.devices import cpu_bfloat16_unit
 from cifar10.framework import keras
-from tests.conftest import PER_BATCH, TEST_IMAGES, TINY_TRAIN, dvc, git, run, set_params
+from tests.conftest import (
+    PER_BATCH,
+    TEST_IMAGES,
+    TINY_TRAIN,
+    dvc,
+    git,
+    make_project,
+    run,
+    set_params,
+    start_server,
+    stop_server,
+)
 
 pytestmark = pytest.mark.slow
 STAGES = ("download", "normalize", "train", "evaluate", "gate", "export", "preview")
@@ -40,11 +55,9 @@ def up_to_date(repo: Path) -> bool:
     return "Data and pipelines are up to date." in dvc("status", cwd=repo).stdout
 
 
-@pytest.fixture()
-def served_project(project: Path, archive, http_server) -> Path:
-    """The project pointed at the synthetic archive on the local HTTP server, with tiny params, committed."""
+def _serve_and_configure(project: Path, archive, base: str, root: Path) -> None:
+    """Point the project at the synthetic archive on the local HTTP server, with tiny params, and commit."""
     path, md5 = archive
-    base, root = http_server
     shutil.copy(path, root / "cifar-10-python.tar.gz")
     set_params(
         project,
@@ -56,12 +69,65 @@ def served_project(project: Path, archive, http_server) -> Path:
         },
     )
     git("commit", "-qam", "tiny params on the local archive", cwd=project)
-    return project
 
 
-def test_repro_produces_every_output_and_caches(served_project: Path, archive):
-    repo = served_project
-    first = dvc("repro", cwd=repo)
+@dataclass(frozen=True)
+class Reproduced:
+    """A copy of one served project after its first `dvc repro`, and what that repro printed."""
+
+    repo: Path
+    first: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def _reproduced_template(tmp_path_factory: pytest.TempPathFactory, archive) -> tuple[Path, Path]:
+    """One served project's first `dvc repro`, run once per test session and shared by the pytest-xdist workers
+    (a file lock in their common temporary folder): every walk below starts from that state, so the suite pays
+    for the first repro once instead of once per walk. Returns (project folder, folder of the repro's output)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    shared = tmp_path_factory.getbasetemp()
+    if worker is not None:
+        shared = shared.parent  # the workers' folders sit side by side in this run's folder
+    home = shared / "reproduced-pipeline"
+    with open(shared / "reproduced-pipeline.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (home / "done").exists():
+            shutil.rmtree(home, ignore_errors=True)  # a half-built one from a worker that died
+            home.mkdir()
+            project = home / "project"
+            make_project(project)
+            server, base, www = start_server(home / "www")
+            try:
+                _serve_and_configure(project, archive, base, www)
+                first = dvc("repro", cwd=project)
+            finally:
+                stop_server(server)
+            (home / "stdout.txt").write_text(first.stdout)
+            (home / "stderr.txt").write_text(first.stderr)
+            (home / "done").touch()
+    return home / "project", home
+
+
+@pytest.fixture()
+def reproduced(_reproduced_template: tuple[Path, Path], tmp_path: Path) -> Reproduced:
+    """A private copy of the reproduced project (git repo, DVC cache, run cache and outputs): a test may change it.
+
+    The copy's download URL points at a server that is gone: nothing here changes download's params, so DVC never
+    fetches again (a download would fail the test)."""
+    template, home = _reproduced_template
+    repo = tmp_path / "project"
+    # .dvc/tmp holds DVC's locks and its state for the template's own folder; the copy builds its own.
+    shutil.copytree(
+        template, repo, symlinks=True, ignore=lambda folder, names: ["tmp"] if folder.endswith("/.dvc") else []
+    )
+    first = subprocess.CompletedProcess(
+        ["dvc", "repro"], 0, (home / "stdout.txt").read_text(), (home / "stderr.txt").read_text()
+    )
+    return Reproduced(repo, first)
+
+
+def test_repro_produces_every_output_and_caches(reproduced: Reproduced, archive):
+    repo, first = reproduced.repo, reproduced.first
     assert ran(first.stdout) == set(STAGES)
     # Quiet success: none of TensorFlow's start-up logging (cuInit "errors" on a machine without a GPU).
     noisy = [line for line in first.stderr.splitlines() if re.search(r"error|E0000|W0000|I0000|absl|cuda", line, re.I)]
@@ -175,10 +241,9 @@ def test_repro_produces_every_output_and_caches(served_project: Path, archive):
 
 
 def test_changing_params_reruns_exactly_the_affected_stages_and_old_params_come_from_the_run_cache(
-    served_project: Path,
+    reproduced: Reproduced,
 ):
-    repo = served_project
-    dvc("repro", cwd=repo)
+    repo = reproduced.repo
     set_params(repo, {"train": {"epochs": 2}})
     assert ran(dvc("repro", cwd=repo).stdout) == AFTER_TRAIN
     two_epochs = json.loads((repo / "metrics/train.json").read_text())
@@ -214,9 +279,8 @@ def test_changing_params_reruns_exactly_the_affected_stages_and_old_params_come_
     assert len(gate_lines) == 1 and gate_lines[0].endswith("is below gate.min_test_accuracy 1.0000"), stopped.stderr
 
 
-def test_experiments_and_metrics_diff_across_commits(served_project: Path):
-    repo = served_project
-    dvc("repro", cwd=repo)
+def test_experiments_and_metrics_diff_across_commits(reproduced: Reproduced):
+    repo = reproduced.repo
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "baseline run", cwd=repo)
 
@@ -275,11 +339,10 @@ def test_experiments_and_metrics_diff_across_commits(served_project: Path):
     assert not re.search(r"<script[^>]+src=", page), "a script still loads from elsewhere"
 
 
-def test_cached_runs_survive_exp_run_exp_apply_git_checkout_and_a_fresh_clone(served_project: Path, tmp_path: Path):
+def test_cached_runs_survive_exp_run_exp_apply_git_checkout_and_a_fresh_clone(reproduced: Reproduced, tmp_path: Path):
     """Whatever ran once is never trained again: an experiment rerun with the same params, `dvc exp apply`,
     `git checkout` + `dvc checkout`, and a fresh clone after `dvc pull`."""
-    repo = served_project
-    dvc("repro", cwd=repo)
+    repo = reproduced.repo
     dvc("remote", "add", "-d", "store", str(tmp_path / "remote"), cwd=repo)
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "one epoch", cwd=repo)
