@@ -222,7 +222,6 @@ class _DeadlineWatch:
         self.end = time.monotonic() + seconds
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self._expired = False
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
 
@@ -238,19 +237,18 @@ class _DeadlineWatch:
         return self.end - time.monotonic()
 
     def passed(self) -> bool:
-        """Return whether the deadline has passed."""
-        return self._expired or self.left_s() <= 0
+        """Return whether the deadline has passed (the timer fires at that moment, never before it)."""
+        return self.left_s() <= 0
 
     def watch(self, sock: socket.socket) -> None:
         """Make `sock` the connection to shut down at the deadline (at once if it already passed)."""
         with self._lock:
             self._sock = sock
-            if self._expired:
+            if self.passed():
                 _shut_down(sock)
 
     def _expire(self) -> None:
         with self._lock:
-            self._expired = True
             if self._sock is not None:
                 _shut_down(self._sock)
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import email.utils
+import hashlib
 import http.server
+import io
+import re
 import resource
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -258,7 +262,7 @@ def test_a_retry_after_beyond_the_deadline_fails_at_once(serve, tmp_path: Path):
 # ---------------------------------------------------------------- what is retried
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 410])
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 600])  # 600: past the 5xx range
 def test_client_errors_fail_after_one_request(serve, tmp_path: Path, capsys, status: int):
     base, requests = serve(lambda handler: handler.send(status, b"no"))
     message = _fail(f"{base}/c.tar.gz", tmp_path)
@@ -267,7 +271,7 @@ def test_client_errors_fail_after_one_request(serve, tmp_path: Path, capsys, sta
     assert "retrying" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 599])
 def test_timeouts_throttling_and_server_errors_are_retried(serve, archive, tmp_path: Path, status: int):
     path, md5 = archive
 
@@ -281,6 +285,126 @@ def test_timeouts_throttling_and_server_errors_are_retried(serve, archive, tmp_p
     dest = tmp_path / "raw" / "cifar-10-python.tar.gz"
     assert download_archive(download_params(url=f"{base}/c.tar.gz", md5=md5), dest, backoff_s=0.01) == md5
     assert len(requests) == 2
+
+
+def test_retry_after_is_ignored_on_other_server_errors(serve, archive, tmp_path: Path, capsys):
+    # Only 429 and 503 carry a wait the server means; a 500's Retry-After of an hour gets the usual backoff.
+    path, md5 = archive
+
+    def error_once(handler: _ScriptedHandler) -> None:
+        if len(handler.requests) == 1:
+            handler.send(500, b"oops", {"Retry-After": "3600"})
+        else:
+            handler.send(200, path.read_bytes())
+
+    base, requests = serve(error_once)
+    dest = tmp_path / "raw" / "cifar-10-python.tar.gz"
+    params = download_params(url=f"{base}/c.tar.gz", md5=md5, deadline=30.0)
+    assert download_archive(params, dest, backoff_s=0.01) == md5
+    assert len(requests) == 2
+    assert "retrying in 0.0 s\n" in capsys.readouterr().out  # the backoff, not the server's hour
+
+
+def test_a_retry_after_date_already_past_retries_at_once(serve, archive, tmp_path: Path, capsys):
+    path, md5 = archive
+
+    def busy_once(handler: _ScriptedHandler) -> None:
+        if len(handler.requests) == 1:
+            handler.send(503, b"busy", {"Retry-After": email.utils.formatdate(time.time() - 3600, usegmt=True)})
+        else:
+            handler.send(200, path.read_bytes())
+
+    base, _ = serve(busy_once)
+    dest = tmp_path / "raw" / "cifar-10-python.tar.gz"
+    assert download_archive(download_params(url=f"{base}/c.tar.gz", md5=md5), dest, backoff_s=5.0) == md5
+    assert "retrying in 0.0 s (the server's Retry-After)" in capsys.readouterr().out
+
+
+def test_a_refused_connection_is_retried_and_named(tmp_path: Path, capsys):
+    with socket.socket() as probe:  # a port nothing listens on: bound, then closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    message = _fail(f"http://127.0.0.1:{port}/c.tar.gz", tmp_path, retries=1)
+    assert message.startswith(f"download of http://127.0.0.1:{port}/c.tar.gz failed after 2 attempts: ")
+    assert "Connection refused" in message
+    assert "attempt 1 failed" in capsys.readouterr().out
+
+
+def test_a_connection_reset_in_the_body_is_retried_and_named(serve, tmp_path: Path):
+    def reset_mid_body(handler: _ScriptedHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        handler.wfile.write(b"x" * 1000)
+        handler.wfile.flush()
+        handler.stop.wait(0.2)  # the client has read the first bytes and waits in the body
+        # SO_LINGER with a zero timeout: close() sends a reset instead of an orderly end of stream.
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        handler.connection.close()
+        handler.close_connection = True
+
+    base, requests = serve(reset_mid_body)
+    message = _fail(f"{base}/c.tar.gz", tmp_path, retries=1)
+    assert message.startswith(f"download of {base}/c.tar.gz failed after 2 attempts: ")
+    assert "failed after 2 attempts: [Errno 104] Connection reset by peer; " in message, message
+    assert len(requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("digits", "refusal"),
+    [(20, "announces 99999999999999999999 bytes (Content-Length)"), (21, "malformed Content-Length header")],
+)
+def test_a_content_length_of_twenty_digits_is_read_and_longer_ones_are_malformed(
+    serve, tmp_path: Path, digits: int, refusal: str
+):
+    base, _ = serve(lambda handler: handler.send(200, b"x", {"Content-Length": "9" * digits}))
+    assert refusal in _fail(f"{base}/c.tar.gz", tmp_path)
+
+
+# ---------------------------------------------------------------- what a terminal shows
+
+PROGRESS_BYTES = 10_000_000  # in binary units 9.54 MiB (decimal ones would read 10.0 M)
+
+
+class _Terminal(io.StringIO):
+    """stderr as a terminal: the progress bar draws on a terminal only."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("source", ["http", "http_resumed", "file"])
+def test_a_terminal_sees_a_progress_bar_in_binary_units_that_ends_at_the_whole_size(
+    serve, tmp_path: Path, monkeypatch, source: str
+):
+    payload = (bytes(range(256)) * (PROGRESS_BYTES // 256 + 1))[:PROGRESS_BYTES]
+    md5 = hashlib.md5(payload).hexdigest()
+
+    def ranged(handler: _ScriptedHandler) -> None:
+        start = int((handler.headers.get("Range") or "bytes=0-").removeprefix("bytes=").split("-")[0])
+        if source == "http_resumed" and len(handler.requests) == 1:  # the first answer stops after 4 MB
+            handler.send(200, payload[:4_000_000], {"Content-Length": str(PROGRESS_BYTES)})
+            return
+        extra = {"Content-Range": f"bytes {start}-{PROGRESS_BYTES - 1}/{PROGRESS_BYTES}"} if start else {}
+        handler.send(206 if start else 200, payload[start:], extra)
+
+    base, requests = serve(ranged)
+    local = tmp_path / "local.tar.gz"
+    local.write_bytes(payload)
+    url = str(local) if source == "file" else f"{base}/c.tar.gz"
+    dest = tmp_path / "raw" / "cifar-10-python.tar.gz"
+    if source == "http_resumed":
+        _fail(url, tmp_path, retries=0, md5=md5, max_bytes=2 * PROGRESS_BYTES)  # leaves 4 MB to resume from
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    download_archive(download_params(url=url, md5=md5, max_bytes=2 * PROGRESS_BYTES, retries=0), dest)
+    assert dest.read_bytes() == payload
+    last = terminal.getvalue().replace("\r", "\n").strip().splitlines()[-1]
+    name = "local.tar.gz" if source == "file" else "c.tar.gz"
+    # The file's name, 100% of a known size, bytes in binary units (M = MiB), a rate in bytes per second.
+    assert re.fullmatch(rf"{re.escape(name)}: 100%\|[^|]*\| 9\.54M/9\.54M \[[^]]*B/s\]", last), last
+    if source == "http_resumed":
+        assert requests[-1][0] == "/c.tar.gz" and len(requests) == 2
 
 
 @pytest.mark.parametrize(
