@@ -635,8 +635,8 @@ def load_section(raw: dict[str, Any], section: str) -> Any:
 
 
 def as_dict(params: Any) -> dict[str, Any]:
-    """Return a dataclass of params as plain JSON-ready values (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()}
+    """Return a dataclass of params as a dict for json.dumps (which writes its tuples as lists)."""
+    return dataclasses.asdict(params)
 
 
 def load_section_from(path: Path, section: str, **overrides: Any) -> Any:

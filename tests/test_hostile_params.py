@@ -218,6 +218,22 @@ def test_non_finite_numbers_for_integers_are_refused(tmp_path: Path, key: str):
     assert refusal(tmp_path, with_values({key: math.inf})) == f"{key} must be an integer, got inf"
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (2**128 - 1, "340282366920938463463374607431768211455"),  # 128 bits: still written out
+        (2**128, "<129-bit integer>"),
+        (2**200, "<201-bit integer>"),
+        (-(2**200), "<-201-bit integer>"),
+    ],
+    ids=["128_bits", "129_bits", "201_bits", "minus_201_bits"],
+)
+def test_huge_integers_are_named_by_their_size_past_128_bits(tmp_path: Path, value: int, shown: str):
+    # str() of a 10,000-digit integer raises (and a 4,000-digit one fills the line): past 128 bits, its size.
+    message = refusal(tmp_path, with_values({"train.epochs": value}))
+    assert message.endswith(f", got {shown}"), message
+
+
 def case_id(changes: dict) -> str:
     return ",".join(f"{key}={value!r}"[:40] for key, value in changes.items())
 
@@ -356,7 +372,10 @@ OUT_OF_RANGE = [
     ({"gate.baseline_rev": "main:other/file.json"}, "gate.baseline_rev must be a git revision"),
     ({"gate.baseline_rev": "main\nx"}, "gate.baseline_rev must be a git revision"),
     ({"gate.baseline_rev": "v" * 257}, "gate.baseline_rev must be at most 256 characters"),
-    ({"export.formats": ["tfjs"]}, "export.formats must list each of ('saved_model', 'litert', 'onnx') at most once"),
+    (
+        {"export.formats": ["tfjs"]},
+        "export.formats must list each of ('saved_model', 'litert', 'onnx') at most once, got ['tfjs']",
+    ),
     ({"export.formats": ["onnx", "onnx"]}, "export.formats must list each of ('saved_model', 'litert', 'onnx') at"),
     ({"resources.devices": [-1]}, "resources.devices must list up to 64 GPU indices, each 0..1023 at most once"),
     ({"resources.devices": [1024]}, "resources.devices must list up to 64 GPU indices, each 0..1023 at most once"),

@@ -93,7 +93,12 @@ def test_committed_params_are_the_tutorial_recipe():
         ("train", TrainParams, {"mixed_precision": False}, "train.mixed_precision must be a string, got False"),
         ("train", TrainParams, {"deterministic": "yes"}, "train.deterministic must be true or false, got 'yes'"),
         ("normalize", NormalizeParams, {"val_size": -1}, "normalize.val_size must be a non-negative integer, got -1"),
-        ("normalize", NormalizeParams, {"method": "minmax"}, "normalize.method must be one of"),
+        (
+            "normalize",
+            NormalizeParams,
+            {"method": "minmax"},
+            "normalize.method must be one of ('global', 'per_channel'), got 'minmax'",
+        ),
         (
             "download",
             DownloadParams,
@@ -111,7 +116,7 @@ def test_committed_params_are_the_tutorial_recipe():
             "resources",
             ResourceParams,
             {"strategy": "multi"},
-            "resources.strategy must be one of ('one', 'mirrored', 'multi_worker')",
+            "resources.strategy must be one of ('one', 'mirrored', 'multi_worker'), got 'multi'",
         ),
     ],
 )
