@@ -183,3 +183,18 @@ def test_on_a_cpu_auto_reads_the_cpu_flags(tmp_path, monkeypatch):
     assert framework.has_bfloat16_hardware(str(tmp_path / "missing")) is False  # not Linux: float32
     with open("/proc/cpuinfo", encoding="utf-8") as real:  # and by default, this machine's own flags
         assert framework.has_bfloat16_hardware() is cpu_has_bfloat16(real.read())
+
+
+def test_the_cpuinfo_probe_reads_one_mib_and_tolerates_bytes_that_are_not_utf8(tmp_path):
+    from cifar10.devices import cpu_bfloat16_unit
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_bytes(b"model name\t: \xff\xfe odd vendor bytes\nflags\t\t: fpu avx512_bf16\n")
+    assert cpu_bfloat16_unit(str(cpuinfo)) is True
+    # The flags of a core past the first MiB are not read (1 MiB holds every core's lines on large machines).
+    padding = b"processor\t: 0\nflags\t\t: fpu avx2\n" * (2**20 // 30 + 1)
+    cpuinfo.write_bytes(padding + b"flags\t\t: fpu avx512_bf16\n")
+    assert cpu_bfloat16_unit(str(cpuinfo)) is False
+    last = b"\nflags\t\t: fpu avx512_bf16"
+    cpuinfo.write_bytes(padding[: 2**20 - len(last)] + last)  # the flag ends at the MiB's last byte
+    assert cpuinfo.stat().st_size == 2**20 and cpu_bfloat16_unit(str(cpuinfo)) is True
