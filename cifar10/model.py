@@ -202,7 +202,7 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
     Keras' sparse cross-entropy has no smoothing, and the batches carry integer labels on every path.
     """
 
-    def __init__(self, smoothing: float = 0.0, name: str = "smoothed_sparse_crossentropy", **kwargs) -> None:
+    def __init__(self, smoothing: float, name: str = "smoothed_sparse_crossentropy", **kwargs) -> None:
         super().__init__(name=name, **kwargs)
         self.smoothing = float(smoothing)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -292,3 +294,56 @@ def test_the_tf_data_warp_gives_the_batches_of_the_train_step():
     # The trainer's own layer then passes the warped batch through, in training and out of it.
     assert layer.in_input_pipeline
     assert np.array_equal(keras.ops.convert_to_numpy(layer(x[:4], np.ones((4, 4), np.float32), training=True)), x[:4])
+
+
+def _of_type(model: keras.Model, name: str) -> list:
+    return [layer for layer in model.layers if layer.__class__.__name__ == name]
+
+
+@contextlib.contextmanager
+def _global_policy(name: str):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+@pytest.mark.parametrize("given", ["as_argument", "as_global_policy"])  # training sets the global policy
+@pytest.mark.parametrize("network", ["tutorial", "resnet"])
+def test_mixed_precision_computes_the_layers_in_bfloat16_and_the_probabilities_in_float32(network, given):
+    extra = {"widths": (4, 8, 8)}
+    if network == "resnet":
+        extra = {"network": "resnet", "widths": (8, 16, 16), "dropout": (0.0, 0.0, 0.25), "block_depth": 2}
+    if given == "as_argument":
+        model = build_seed_cnn(train_params(**extra), seed=0, dtype="mixed_bfloat16")
+    else:
+        with _global_policy("mixed_bfloat16"):
+            model = build_seed_cnn(train_params(**extra), seed=0)
+    convs = _of_type(model, "Conv2D")
+    assert convs and all(c.compute_dtype == "bfloat16" and c.variable_dtype == "float32" for c in convs)
+    # The softmax in float32 keeps the loss accurate; the probabilities reach the loss and the user as float32.
+    assert model.get_layer("probabilities").compute_dtype == "float32" and model.output.dtype == "float32"
+    # One device, no strategy: plain batch norm unless a data-parallel run asks for synchronized statistics.
+    assert not any(bn.synchronized for bn in _of_type(model, "BatchNormalization"))
+
+
+def test_the_tutorial_networks_dropout_layers_draw_from_the_runs_seed():
+    for seed in (0, 7):
+        dropouts = _of_type(build_seed_cnn(train_params(widths=(4, 4, 4)), seed=seed), "Dropout")
+        assert [d.seed for d in dropouts] == [stream_seed(seed, "dropout", block) % 2**31 for block in (1, 2, 3)]
+
+
+def test_the_inference_model_takes_uint8_images_named_image_and_normalizes_in_float32_under_any_policy():
+    core = build_seed_cnn(train_params(widths=(4, 4, 4)), seed=0)
+    stats = Stats((125.0, 122.0, 113.0), (62.0, 61.0, 66.0), 1e-7)
+    with _global_policy("mixed_bfloat16"):  # as during a bfloat16 training run
+        model = build_inference_model(core, stats)
+    # "image": the input name ONNX and SavedModel users feed (README, cifar10/export.py).
+    assert (model.name, model.input.name, model.input.dtype) == ("cifar10_classifier", "image", "uint8")
+    assert [model.get_layer(n).compute_dtype for n in ("to_float", "zscore")] == ["float32", "float32"]
+    zscore = model.get_layer("zscore")
+    assert zscore.mean.dtype == zscore.scale.dtype == "float32"
+    with pytest.raises(ValueError, match=r"^the network has \(10,\) outputs for 3 class names$"):
+        build_inference_model(core, stats, ("cat", "dog", "frog"))
