@@ -102,6 +102,21 @@ def test_bad_batches_are_refused(tmp_path: Path, members, message):
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize("first_name_chars", [16, 17], ids=["shown_whole", "cut"])
+def test_a_refused_value_is_shown_whole_up_to_120_characters_and_cut_past_them(tmp_path: Path, first_name_chars):
+    # Wrong class names, shown as the first six in a list: 1 + (16 + 2) + 5 * (15 + 2) + 5 * 2 + len(", ...]")
+    # = 120 characters with a 16-character first name; a 17-character one makes 121, cut to 117 and "...".
+    names = ["a" * first_name_chars] + ["b" * 15] * 9
+    path = tmp_path / "a.tar.gz"
+    write_archive(path, _with("batches.meta", {b"label_names": [n.encode() for n in names]}))
+    with pytest.raises(DataError) as info:
+        read_archive(path)
+    shown = str(info.value).split(" must be the 10 CIFAR-10 classes in order, got ", 1)[1]
+    whole = "[" + ", ".join(repr(n) for n in names[:6]) + ", ...]"
+    assert shown == (whole if len(whole) <= 120 else whole[:117] + "...")
+    assert len(whole) == 119 + first_name_chars - 15
+
+
 def test_not_gzip_truncated_and_escaping_members(tmp_path: Path, archive):
     not_gzip = tmp_path / "plain.tar.gz"
     not_gzip.write_text("<html>404 Not Found</html>")

@@ -253,6 +253,7 @@ EDGES_ACCEPTED = [
     {"download.max_bytes": 1},
     {"download.max_bytes": 2**36},
     {"download.url": "x" * 4096},
+    {"gate.baseline_rev": "v" * 256},
     {"normalize.val_size": 0},
     {"normalize.val_size": 1_000_000},
     {"normalize.eps": 0},
@@ -371,7 +372,13 @@ OUT_OF_RANGE = [
     ({"gate.baseline_rev": "--output=/tmp/x"}, "gate.baseline_rev must be a git revision"),
     ({"gate.baseline_rev": "main:other/file.json"}, "gate.baseline_rev must be a git revision"),
     ({"gate.baseline_rev": "main\nx"}, "gate.baseline_rev must be a git revision"),
-    ({"gate.baseline_rev": "v" * 257}, "gate.baseline_rev must be at most 256 characters"),
+    ({"gate.baseline_rev": "v" * 257}, "gate.baseline_rev must be at most 256 characters, got 'vvvvvvvvvvvvvvvv"),
+    (
+        {"gate.baseline_rev": "-main"},  # only characters a revision may hold, but read by git as an option
+        "gate.baseline_rev must be a git revision (letters, digits and . / ~ ^ @ { } + - _, not starting with -), "
+        "got '-main'",
+    ),
+    ({"gate.baseline_rev": "m\u00e4in"}, "gate.baseline_rev must be a git revision"),  # letters of ASCII only
     (
         {"export.formats": ["tfjs"]},
         "export.formats must list each of ('saved_model', 'litert', 'onnx') at most once, got ['tfjs']",
