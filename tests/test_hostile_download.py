@@ -543,6 +543,70 @@ def test_credentials_go_to_the_named_host_only_and_never_into_a_message(serve, a
     assert TOKEN not in out + err
 
 
+@pytest.mark.parametrize(
+    ("userinfo", "sent"),
+    [("user", "user:"), (f"user:p@ss{TOKEN}", f"user:p@ss{TOKEN}"), ("us%40er:p%3Ass", "us@er:p:ss")],
+    ids=["no_password", "raw_at_in_password", "percent_encoded"],
+)
+def test_credentials_are_sent_as_written_to_the_host_after_the_last_at(
+    serve, archive, tmp_path: Path, userinfo: str, sent: str
+):
+    path, md5 = archive
+    expected = "Basic " + base64.b64encode(sent.encode()).decode()
+    base, requests = serve(lambda handler: handler.send(200, path.read_bytes()))
+    url = f"http://{userinfo}@{base.removeprefix('http://')}/c.tar.gz"
+    assert download_archive(download_params(url=url, md5=md5), tmp_path / "raw" / "c.tar.gz") == md5
+    assert requests == [("/c.tar.gz", expected)]
+
+
+def _ranged_server(serve, payload: bytes) -> tuple[str, list[str | None]]:
+    """Serve `payload` honouring `Range: bytes=N-` (416 where N is its end); return (URL, each request's Range)."""
+    ranges: list[str | None] = []
+
+    def ranged(handler: _ScriptedHandler) -> None:
+        asked = handler.headers.get("Range")
+        ranges.append(asked)
+        start = int(asked.removeprefix("bytes=").rstrip("-")) if asked else 0
+        if start >= len(payload):
+            handler.send(416, b"", {"Content-Range": f"bytes */{len(payload)}"})
+        elif start:
+            handler.send(206, payload[start:], {"Content-Range": f"bytes {start}-{len(payload) - 1}/{len(payload)}"})
+        else:
+            handler.send(200, payload)
+
+    base, _ = serve(ranged)
+    return f"{base}/c.tar.gz", ranges
+
+
+@pytest.mark.parametrize(
+    ("left", "ranges"),
+    [
+        (0, [None]),  # nothing left over: a plain request, no Range
+        (1000, ["bytes=1000-"]),  # the rest only
+        (-1, ["bytes={size}-"]),  # a part already whole (the run died before moving it): the server's 416 ends it
+        (-2, [None]),  # larger than download.max_bytes (a run with a larger cap): dropped, fetched from the start
+    ],
+    ids=["fresh", "resumed", "already_whole", "over_the_cap"],
+)
+def test_a_part_left_by_an_earlier_run_is_resumed_or_dropped(serve, archive, tmp_path: Path, left: int, ranges):
+    path, md5 = archive
+    payload = path.read_bytes()
+    url, seen = _ranged_server(serve, payload)
+    dest = tmp_path / "raw" / "cifar-10-python.tar.gz"
+    dest.parent.mkdir()
+    part = dest.parent / f".{dest.name}.{md5}.part"  # where download_archive keeps a partial download
+    if left > 0:
+        part.write_bytes(payload[:left])
+    elif left == -1:
+        part.write_bytes(payload)
+    elif left == -2:
+        part.write_bytes(payload + b"x")
+    params = download_params(url=url, md5=md5, max_bytes=len(payload), retries=0)
+    assert download_archive(params, dest) == md5
+    assert seen == [r.format(size=len(payload)) if r else None for r in ranges]
+    assert _leftovers(dest.parent) == ["cifar-10-python.tar.gz"]
+
+
 # ---------------------------------------------------------------- the real stage
 
 
