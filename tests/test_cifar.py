@@ -86,9 +86,16 @@ def _with(batch: str, changes: dict) -> dict:
         ),
         (
             _with("data_batch_1", {b"data": np.zeros((20, 3000), np.uint8)}),
-            "data must be a uint8 array of shape (N, 3072)",
+            "data_batch_1: data must be a uint8 array of shape (N, 3072), got shape (20, 3000)",
         ),
-        (_with("data_batch_1", {b"data": np.zeros((20, 3072), np.float32)}), "data must be a uint8 array"),
+        (
+            _with("data_batch_1", {b"data": np.zeros((20, 3072), np.float32)}),
+            "data_batch_1: data must be a uint8 array of shape (N, 3072), got dtype 'f4'",
+        ),
+        (
+            _with("data_batch_1", {b"data": [0] * 3072}),  # not an array at all: its type, and no shape
+            "data_batch_1: data must be a uint8 array of shape (N, 3072), got list None",
+        ),
         (_with("test_batch", {b"labels": [12] * TEST_IMAGES}), "test_batch: labels must be in 0..9, got 12"),
         (_with("data_batch_2", {b"labels": [1, 2]}), "data_batch_2: 2 labels for 20 images"),
         (_with("batches.meta", {b"label_names": [b"a", b"b"]}), "label_names must be the 10 CIFAR-10 classes"),
