@@ -407,6 +407,23 @@ def test_a_terminal_sees_a_progress_bar_in_binary_units_that_ends_at_the_whole_s
         assert requests[-1][0] == "/c.tar.gz" and len(requests) == 2
 
 
+def test_the_backoff_doubles_and_the_attempts_are_retries_plus_one(serve, tmp_path: Path, capsys):
+    base, requests = serve(lambda handler: handler.send(503, b"busy"))  # no Retry-After: the usual backoff
+    message = _fail(f"{base}/c.tar.gz", tmp_path, backoff_s=0.1, retries=3)
+    assert message.startswith(f"download of {base}/c.tar.gz failed after 4 attempts: HTTP 503 ")
+    assert message.endswith("; for a mirror or a local copy, set download.url (see README)")
+    assert re.findall(r"retrying in ([0-9.]+) s", capsys.readouterr().out) == ["0.1", "0.2", "0.4"]
+    assert len(requests) == 4
+
+
+def test_every_printable_ascii_character_may_stand_in_a_url(serve, archive, tmp_path: Path):
+    path, md5 = archive
+    base, requests = serve(lambda handler: handler.send(200, path.read_bytes()))
+    url = f"{base}/~mirror/cifar!10.tar.gz"  # "!" and "~": the two ends of printable ASCII
+    assert download_archive(download_params(url=url, md5=md5), tmp_path / "raw" / "c.tar.gz") == md5
+    assert [p for p, _ in requests] == ["/~mirror/cifar!10.tar.gz"]
+
+
 @pytest.mark.parametrize(
     ("url", "why"),
     [
@@ -423,6 +440,8 @@ def test_malformed_urls_fail_before_any_request(serve, tmp_path: Path, capsys, u
     base, requests = serve(lambda handler: handler.send(404))
     message = _fail(url.format(base=base), tmp_path)
     assert why in message and message.startswith("download.url ")
+    if why.startswith("it holds"):  # the whole advice, which the message ends with
+        assert message.endswith(f"{why} (percent-encode it: %20)")
     assert "ab/c+d" not in message  # a token holding "/" is redacted too, and not echoed by the URL parser
     assert requests == []
     assert "retrying" not in capsys.readouterr().out

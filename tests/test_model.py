@@ -323,6 +323,8 @@ def test_mixed_precision_computes_the_layers_in_bfloat16_and_the_probabilities_i
             model = build_seed_cnn(train_params(**extra), seed=0)
     convs = _of_type(model, "Conv2D")
     assert convs and all(c.compute_dtype == "bfloat16" and c.variable_dtype == "float32" for c in convs)
+    inside = [layer for layer in model.layers[1:] if layer.name != "probabilities"]  # after the input layer
+    assert [layer.name for layer in inside if layer.compute_dtype != "bfloat16"] == []
     # The softmax in float32 keeps the loss accurate; the probabilities reach the loss and the user as float32.
     assert model.get_layer("probabilities").compute_dtype == "float32" and model.output.dtype == "float32"
     # One device, no strategy: plain batch norm unless a data-parallel run asks for synchronized statistics.
@@ -347,3 +349,12 @@ def test_the_inference_model_takes_uint8_images_named_image_and_normalizes_in_fl
     assert zscore.mean.dtype == zscore.scale.dtype == "float32"
     with pytest.raises(ValueError, match=r"^the network has \(10,\) outputs for 3 class names$"):
         build_inference_model(core, stats, ("cat", "dog", "frog"))
+
+
+@pytest.mark.parametrize("network", ["tutorial", "resnet"])
+def test_a_data_parallel_run_asks_every_batch_norm_for_synchronized_statistics(network):
+    extra = {"widths": (4, 8, 8)}
+    if network == "resnet":
+        extra = {"network": "resnet", "widths": (8, 16, 16), "dropout": (0.0, 0.0, 0.25), "block_depth": 2}
+    norms = _of_type(build_seed_cnn(train_params(**extra), seed=0, sync_batch_norm=True), "BatchNormalization")
+    assert norms and all(bn.synchronized for bn in norms)
