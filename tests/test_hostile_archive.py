@@ -171,6 +171,23 @@ def test_any_other_global_is_refused_whichever_opcode_names_it(module: str, name
     assert str(by_stack_global.value) == message
 
 
+@pytest.mark.parametrize(
+    ("module", "name", "shown"),
+    [
+        ("evil\tmod", "x", "evil\\tmod.x"),  # a control character: escaped, the message stays one line
+        # The reason after "pickle: " is at most 200 characters: "refused to load os." and 181 more, whole;
+        ("os", "n" * 181, "os." + "n" * 181),
+        ("os", "n" * 182, "os." + "n" * 178 + "..."),  # one more: cut to 197 and "..."
+    ],
+    ids=["control_character", "reason_of_200", "reason_of_201"],
+)
+def test_a_refused_global_is_named_escaped_and_cut(module: str, name: str, shown: str):
+    # The GLOBAL opcode: module and name are lines of the pickle, whatever the pickle's author wrote there.
+    with pytest.raises(DataError) as info:
+        safe_unpickle(b"c" + module.encode() + b"\n" + name.encode() + b"\n.", "data_batch_1")
+    assert str(info.value) == f"data_batch_1 is not a CIFAR batch pickle: refused to load {shown}"
+
+
 @pytest.mark.parametrize("protocol", [2, 3, 4])
 def test_numpys_own_pickles_are_read_without_calling_numpy(protocol: int, monkeypatch):
     import numpy._core.multiarray

@@ -407,6 +407,21 @@ def test_a_terminal_sees_a_progress_bar_in_binary_units_that_ends_at_the_whole_s
         assert requests[-1][0] == "/c.tar.gz" and len(requests) == 2
 
 
+@pytest.mark.parametrize("length", [200, 201])
+def test_a_servers_reason_phrase_is_quoted_printable_and_cut_past_200_characters(serve, tmp_path: Path, length: int):
+    reason = "Not\x1b[2JFound" + "r" * (length - 12)  # 12 + the r's: `length` characters, a terminal escape in them
+
+    def answer(handler: _ScriptedHandler) -> None:
+        handler.send_response(404, reason)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    base, _ = serve(answer)
+    shown = reason.replace("\x1b", " ")
+    shown = shown if length <= 200 else shown[:200] + "..."
+    assert _fail(f"{base}/c.tar.gz", tmp_path) == f"download of {base}/c.tar.gz failed: HTTP 404 {shown}"
+
+
 def test_the_backoff_doubles_and_the_attempts_are_retries_plus_one(serve, tmp_path: Path, capsys):
     base, requests = serve(lambda handler: handler.send(503, b"busy"))  # no Retry-After: the usual backoff
     message = _fail(f"{base}/c.tar.gz", tmp_path, backoff_s=0.1, retries=3)
