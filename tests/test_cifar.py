@@ -29,6 +29,16 @@ def test_reads_all_batches_as_nhwc_uint8(archive):
     assert train.labels[PER_BATCH + 7] == source["data_batch_2"][b"labels"][7]
 
 
+def test_a_batch_larger_than_one_read_comes_back_byte_for_byte(tmp_path: Path):
+    # 400 images: 1.2 MB of pixels, more than the 1 MiB the reader asks of gzip at a time (archive.READ_CHUNK_BYTES).
+    source = synthetic_batches(per_batch=400, test_images=10)
+    path = tmp_path / "big.tar.gz"
+    write_archive(path, source)
+    batch = read_archive(path, ("data_batch_3",))["data_batch_3"]
+    planes = source["data_batch_3"][b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    assert np.array_equal(batch.images, planes) and batch.labels.tolist() == source["data_batch_3"][b"labels"]
+
+
 def test_label_names_come_from_the_archive(archive):
     assert read_archive(archive[0])["label_names"] == tuple(CLASS_NAMES)
 
@@ -64,9 +74,23 @@ def test_a_pickle_that_runs_code_is_refused_without_running(tmp_path: Path):
     assert not marker.exists()
 
 
-def test_a_pickle_of_another_type_is_refused():
-    with pytest.raises(DataError, match="must hold a dict with bytes keys"):
-        safe_unpickle(pickle.dumps([1, 2, 3], protocol=2), "test_batch")
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        ([1, 2, 3], "list"),
+        ([b"data", b"labels"], "list"),  # iterable of bytes, like a dict's keys, and still no dict
+        ({"data": 1}, "dict"),  # str keys: what Python 3 pickles, never the real archive
+        (np.zeros((2, 3072), np.uint8), "a numpy object"),  # an array at the top, never called into being
+    ],
+    ids=["list", "list_of_bytes", "str_keys", "array"],
+)
+def test_a_pickle_of_another_type_is_refused(value, kind):
+    with pytest.raises(DataError) as info:
+        safe_unpickle(pickle.dumps(value, protocol=2), "test_batch")
+    assert str(info.value) == f"test_batch must hold a dict with bytes keys, got {kind}"
+
+
+def test_another_type_inside_is_refused():
     with pytest.raises(DataError, match="refused to load"):
         safe_unpickle(pickle.dumps({b"x": np.float64(1.0)}, protocol=2), "test_batch")
 
