@@ -34,7 +34,9 @@ def test_a_batch_larger_than_one_read_comes_back_byte_for_byte(tmp_path: Path):
     source = synthetic_batches(per_batch=400, test_images=10)
     path = tmp_path / "big.tar.gz"
     write_archive(path, source)
-    batch = read_archive(path, ("data_batch_3",))["data_batch_3"]
+    read = read_archive(path, ("data_batch_3",))
+    assert sorted(read) == ["data_batch_3", "label_names"]  # the batches asked for, and no others
+    batch = read["data_batch_3"]
     planes = source["data_batch_3"][b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     assert np.array_equal(batch.images, planes) and batch.labels.tolist() == source["data_batch_3"][b"labels"]
 

@@ -99,6 +99,7 @@ def test_committed_params_are_the_tutorial_recipe():
             {"method": "minmax"},
             "normalize.method must be one of ('global', 'per_channel'), got 'minmax'",
         ),
+        ("download", DownloadParams, {"url": "  "}, "download.url must not be empty, got '  '"),
         (
             "download",
             DownloadParams,
