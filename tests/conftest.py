@@ -157,6 +157,11 @@ def train_params(**overrides) -> TrainParams:
     return load_section_from(ROOT / "params.yaml", "train", **{"mixed_precision": "none", **overrides})
 
 
+def layers_of(model, kind: str) -> list:
+    """The layers of a Keras `model` whose class is named `kind` ("Conv2D", "Dropout", ...), in order."""
+    return [layer for layer in model.layers if layer.__class__.__name__ == kind]
+
+
 def normalize_params(**overrides) -> NormalizeParams:
     return load_section_from(ROOT / "params.yaml", "normalize", **overrides)
 

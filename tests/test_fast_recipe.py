@@ -30,30 +30,26 @@ from cifar10.model import (
 from cifar10.normalized import Stats
 from cifar10.params import EvaluateParams, TrainParams, load_section, read_params_file
 from cifar10.seeds import stream_seed
-from tests.conftest import ROOT, train_params
+from tests.conftest import ROOT, layers_of, train_params
 
 RESNET = dict(network="resnet", widths=(8, 16, 16), dropout=(0.0, 0.0, 0.25), block_depth=3, activation="relu")
 RECIPES = sorted((ROOT / "recipes").glob("*.overrides"))
 
 
-def _layers(model: keras.Model, kind: str) -> list:
-    return [layer for layer in model.layers if layer.__class__.__name__ == kind]
-
-
 def test_the_resnet_is_a_stem_then_conv_pool_bn_blocks_with_residual_branches():
     model = build_seed_cnn(train_params(**RESNET, weight_decay=5e-4), seed=0)
-    convs = _layers(model, "Conv2D")
+    convs = layers_of(model, "Conv2D")
     # Stem: 1 conv of 8; blocks 2 and 3: 1 conv + a residual branch of block_depth - 1 = 2 convs each.
     assert [c.filters for c in convs] == [8, 16, 16, 16, 16, 16, 16]
     assert all(not c.use_bias and c.kernel_regularizer.l2 == pytest.approx(5e-4) for c in convs)
     assert all(c.kernel_size == (3, 3) and c.padding == "same" for c in convs)
-    activations = _layers(model, "Activation")[:-1]  # the last is the softmax
+    activations = layers_of(model, "Activation")[:-1]  # the last is the softmax
     assert len(activations) == 7 and all(a.activation.__name__ == "relu" for a in activations)
-    assert [p.name for p in _layers(model, "MaxPooling2D")] == ["block2_pool", "block3_pool"]  # not the stem
-    assert [a.name for a in _layers(model, "Add")] == ["block2_add", "block3_add"]
-    assert all(bn.momentum == pytest.approx(0.9) for bn in _layers(model, "BatchNormalization"))
-    assert len(_layers(model, "BatchNormalization")) == 7  # one after every conv
-    dropouts = _layers(model, "Dropout")
+    assert [p.name for p in layers_of(model, "MaxPooling2D")] == ["block2_pool", "block3_pool"]  # not the stem
+    assert [a.name for a in layers_of(model, "Add")] == ["block2_add", "block3_add"]
+    assert all(bn.momentum == pytest.approx(0.9) for bn in layers_of(model, "BatchNormalization"))
+    assert len(layers_of(model, "BatchNormalization")) == 7  # one after every conv
+    dropouts = layers_of(model, "Dropout")
     assert [(d.name, d.rate) for d in dropouts] == [("block3_dropout", 0.25)]  # only where the rate is above 0
     assert dropouts[0].seed == stream_seed(0, "dropout", 3) % 2**31  # the block's own stream of the run's seed
     assert model.get_layer("block2_pool").output.shape[1:] == (16, 16, 16)  # the stem keeps 32x32
@@ -76,12 +72,12 @@ def test_the_residual_branch_is_added_to_the_pooled_conv():
                                           model.get_layer("block2_res3_act").output.name}  # fmt: skip
     # block_depth 2: a branch of one conv; 1: no branch, so no Add, and fewer weights each time.
     two = build_seed_cnn(train_params(**{**RESNET, "block_depth": 2}), seed=0)
-    assert [a.name for a in _layers(two, "Add")] == ["block2_add", "block3_add"]
-    assert [c.name for c in _layers(two, "Conv2D")] == [
+    assert [a.name for a in layers_of(two, "Add")] == ["block2_add", "block3_add"]
+    assert [c.name for c in layers_of(two, "Conv2D")] == [
         "block1_conv", "block2_conv", "block2_res2_conv", "block3_conv", "block3_res2_conv"
     ]  # fmt: skip
     plain = build_seed_cnn(train_params(**{**RESNET, "block_depth": 1}), seed=0)
-    assert not _layers(plain, "Add") and plain.count_params() < two.count_params() < model.count_params()
+    assert not layers_of(plain, "Add") and plain.count_params() < two.count_params() < model.count_params()
 
 
 def test_the_linear_schedule_rises_from_zero_through_each_value_to_the_last_at_the_end():

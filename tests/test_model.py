@@ -14,7 +14,7 @@ from cifar10.model import build_inference_model, build_seed_cnn, make_schedule
 from cifar10.normalized import Stats, normalize_images
 from cifar10.params import TrainParams
 from cifar10.seeds import STREAMS, stream_seed
-from tests.conftest import train_params
+from tests.conftest import layers_of, train_params
 
 
 def test_default_network_is_the_tutorials():
@@ -296,8 +296,10 @@ def test_the_tf_data_warp_gives_the_batches_of_the_train_step():
     assert np.array_equal(keras.ops.convert_to_numpy(layer(x[:4], np.ones((4, 4), np.float32), training=True)), x[:4])
 
 
-def _of_type(model: keras.Model, name: str) -> list:
-    return [layer for layer in model.layers if layer.__class__.__name__ == name]
+SMALL = {  # each network, small enough to build in a moment
+    "tutorial": {"widths": (4, 8, 8)},
+    "resnet": {"network": "resnet", "widths": (8, 16, 16), "dropout": (0.0, 0.0, 0.25), "block_depth": 2},
+}
 
 
 @contextlib.contextmanager
@@ -313,27 +315,24 @@ def _global_policy(name: str):
 @pytest.mark.parametrize("given", ["as_argument", "as_global_policy"])  # training sets the global policy
 @pytest.mark.parametrize("network", ["tutorial", "resnet"])
 def test_mixed_precision_computes_the_layers_in_bfloat16_and_the_probabilities_in_float32(network, given):
-    extra = {"widths": (4, 8, 8)}
-    if network == "resnet":
-        extra = {"network": "resnet", "widths": (8, 16, 16), "dropout": (0.0, 0.0, 0.25), "block_depth": 2}
     if given == "as_argument":
-        model = build_seed_cnn(train_params(**extra), seed=0, dtype="mixed_bfloat16")
+        model = build_seed_cnn(train_params(**SMALL[network]), seed=0, dtype="mixed_bfloat16")
     else:
         with _global_policy("mixed_bfloat16"):
-            model = build_seed_cnn(train_params(**extra), seed=0)
-    convs = _of_type(model, "Conv2D")
+            model = build_seed_cnn(train_params(**SMALL[network]), seed=0)
+    convs = layers_of(model, "Conv2D")
     assert convs and all(c.compute_dtype == "bfloat16" and c.variable_dtype == "float32" for c in convs)
     inside = [layer for layer in model.layers[1:] if layer.name != "probabilities"]  # after the input layer
     assert [layer.name for layer in inside if layer.compute_dtype != "bfloat16"] == []
     # The softmax in float32 keeps the loss accurate; the probabilities reach the loss and the user as float32.
     assert model.get_layer("probabilities").compute_dtype == "float32" and model.output.dtype == "float32"
     # One device, no strategy: plain batch norm unless a data-parallel run asks for synchronized statistics.
-    assert not any(bn.synchronized for bn in _of_type(model, "BatchNormalization"))
+    assert not any(bn.synchronized for bn in layers_of(model, "BatchNormalization"))
 
 
 def test_the_tutorial_networks_dropout_layers_draw_from_the_runs_seed():
     for seed in (0, 7):
-        dropouts = _of_type(build_seed_cnn(train_params(widths=(4, 4, 4)), seed=seed), "Dropout")
+        dropouts = layers_of(build_seed_cnn(train_params(widths=(4, 4, 4)), seed=seed), "Dropout")
         assert [d.seed for d in dropouts] == [stream_seed(seed, "dropout", block) % 2**31 for block in (1, 2, 3)]
 
 
@@ -353,8 +352,7 @@ def test_the_inference_model_takes_uint8_images_named_image_and_normalizes_in_fl
 
 @pytest.mark.parametrize("network", ["tutorial", "resnet"])
 def test_a_data_parallel_run_asks_every_batch_norm_for_synchronized_statistics(network):
-    extra = {"widths": (4, 8, 8)}
-    if network == "resnet":
-        extra = {"network": "resnet", "widths": (8, 16, 16), "dropout": (0.0, 0.0, 0.25), "block_depth": 2}
-    norms = _of_type(build_seed_cnn(train_params(**extra), seed=0, sync_batch_norm=True), "BatchNormalization")
+    norms = layers_of(
+        build_seed_cnn(train_params(**SMALL[network]), seed=0, sync_batch_norm=True), "BatchNormalization"
+    )
     assert norms and all(bn.synchronized for bn in norms)
