@@ -167,7 +167,16 @@ class _InertGlobal:
             raise pickle.UnpicklingError("refused _codecs.encode of text that is not latin-1") from None
 
 
-_NO_STATE = object()  # the state of a record that no BUILD reached
+class _NoState:
+    """The state of a record that no BUILD reached, named so in an error message."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "none (no BUILD)"
+
+
+_NO_STATE = _NoState()
 
 
 class _InertCall:

@@ -9,10 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar10.archive import load_test, load_train, read_archive, safe_unpickle
+from cifar10.archive import (
+    CIFAR10,
+    MAX_META_BYTES,
+    layout_of,
+    load_test,
+    load_test_sets,
+    load_train,
+    parse_batch,
+    read_archive,
+    safe_unpickle,
+)
 from cifar10.dataset import CLASS_NAMES
 from cifar10.errors import DataError
-from tests.conftest import PER_BATCH, TEST_IMAGES, synthetic_batches, write_archive
+from tests.conftest import PER_BATCH, TEST_IMAGES, synthetic_batches, synthetic_cifar100, write_archive
 
 
 def test_reads_all_batches_as_nhwc_uint8(archive):
@@ -180,3 +190,124 @@ def test_test_batch_alone_matches_the_full_read(archive):
     full = read_archive(archive[0])["test_batch"]
     alone = load_test(archive[0])
     assert np.array_equal(alone.images, full.images) and np.array_equal(alone.labels, full.labels)
+
+
+@pytest.mark.parametrize(
+    ("data", "got"),
+    [
+        (np.zeros((PER_BATCH, 3072), np.float32), "float32 (20, 3072)"),
+        (np.zeros(3072, np.uint8), "uint8 (3072,)"),  # one flat row: no second dimension to check
+        (np.zeros((PER_BATCH, 3000), np.uint8), "uint8 (20, 3000)"),
+        ([0] * 3072, "list None"),
+    ],
+    ids=["float32", "one_dimension", "3000_columns", "list"],
+)
+def test_parse_batch_names_the_data_it_refuses(data, got):
+    # safe_unpickle only ever hands over uint8 (N, 3072) arrays; parse_batch checks again for any other caller.
+    with pytest.raises(DataError) as info:
+        parse_batch({b"data": data, b"labels": [0] * PER_BATCH}, "data_batch_1", CIFAR10, CLASS_NAMES)
+    assert str(info.value) == f"data_batch_1: data must be a uint8 array of shape (N, 3072), got {got}"
+
+
+def test_an_unknown_layout_is_named():
+    with pytest.raises(DataError) as info:
+        layout_of("cifar10", "coarse")
+    assert str(info.value) == "no archive layout for dataset 'cifar10' with 'coarse' labels"
+
+
+def test_the_training_and_test_readers_read_only_their_own_batches(tmp_path: Path):
+    # Each reader unpickles only the batches it returns: a refused pickle in the other batches goes unread.
+    source = synthetic_batches()
+    bad = pickle.dumps({b"data": "not an array", b"labels": []}, protocol=2)
+    no_train, no_test = tmp_path / "no_train.tar.gz", tmp_path / "no_test.tar.gz"
+    write_archive(no_train, source, extra={"cifar-10-batches-py/data_batch_1": bad})
+    write_archive(no_test, source, extra={"cifar-10-batches-py/test_batch": bad})
+    test = load_test(no_train)
+    assert np.array_equal(test.images, source["test_batch"][b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    assert test.labels.tolist() == source["test_batch"][b"labels"]
+    assert load_train(no_test).labels.tolist() == [v for i in range(1, 6) for v in source[f"data_batch_{i}"][b"labels"]]
+    with pytest.raises(DataError, match="^data_batch_1: data must be a uint8 array"):
+        load_train(no_train)
+    with pytest.raises(DataError, match="^test_batch: data must be a uint8 array"):
+        load_test(no_test)
+
+
+def test_load_test_sets_finds_the_data_set_by_its_test_batch(tmp_path: Path, archive):
+    # cifar10-predict's reader: CIFAR-10's test batch once; CIFAR-100's twice, with fine then coarse labels.
+    (cifar10_set,) = load_test_sets(archive[0])
+    alone = load_test(archive[0])
+    assert np.array_equal(cifar10_set.images, alone.images) and np.array_equal(cifar10_set.labels, alone.labels)
+    assert cifar10_set.class_names == CLASS_NAMES
+    source = synthetic_cifar100()
+    write_archive(tmp_path / "c100.tar.gz", source, folder="cifar-100-python")
+    fine, coarse = load_test_sets(tmp_path / "c100.tar.gz")
+    assert fine.labels.tolist() == source["test"][b"fine_labels"]
+    assert coarse.labels.tolist() == source["test"][b"coarse_labels"]
+    assert len(fine.class_names) == 100 and len(coarse.class_names) == 20
+    assert np.array_equal(fine.images, coarse.images)
+
+
+def _members_without(*names: str) -> dict:
+    return {name: obj for name, obj in synthetic_batches().items() if name not in names}
+
+
+@pytest.mark.parametrize(
+    ("members", "extra", "message"),
+    [
+        (
+            _members_without("test_batch"),
+            {},
+            "{path} must hold the test batch of exactly one data set (cifar-10-batches-py/test_batch or "
+            "cifar-100-python/test), found 0",
+        ),
+        (
+            synthetic_batches(),
+            {"cifar-100-python/test": b""},
+            "{path} must hold the test batch of exactly one data set (cifar-10-batches-py/test_batch or "
+            "cifar-100-python/test), found 2",
+        ),
+        (_members_without("batches.meta"), {}, "{path} has no member cifar-10-batches-py/batches.meta"),
+        (
+            _members_without("batches.meta"),
+            {"cifar-10-batches-py/batches.meta": b"\x80\x02}."},  # an empty dict: no label_names
+            "batches.meta has no b'label_names' entry",
+        ),
+        (
+            _members_without("batches.meta"),
+            {"cifar-10-batches-py/batches.meta": b"\x80\x02]."},  # a list
+            "batches.meta must hold a dict with bytes keys, got list",
+        ),
+        (
+            _members_without("test_batch"),
+            {"cifar-10-batches-py/test_batch": b"\x80\x02]."},
+            "test_batch must hold a dict with bytes keys, got list",
+        ),
+        (
+            _members_without("test_batch"),
+            {"cifar-10-batches-py/test_batch": pickle.dumps({b"data": [0], b"labels": [0]}, protocol=2)},
+            "test_batch: data must be a uint8 array of shape (N, 3072), got list None",
+        ),
+        (
+            _members_without("batches.meta"),
+            {"cifar-10-batches-py/batches.meta": bytes(MAX_META_BYTES + 1)},  # refused at its header, unread
+            "archive member 'cifar-10-batches-py/batches.meta' is 1048577 bytes, more than the 1 MiB "
+            "a meta member may have; refusing the archive",
+        ),
+    ],
+    ids=[
+        "no_test_batch",
+        "two_test_batches",
+        "no_meta",
+        "meta_without_names",
+        "meta_a_list",
+        "test_a_list",
+        "test_data_a_list",
+        "meta_over_1_mib",
+    ],
+)
+def test_load_test_sets_refusals_name_the_member(tmp_path: Path, members, extra, message):
+    path = tmp_path / "a.tar.gz"
+    write_archive(path, members, extra=extra)
+    with pytest.raises(DataError) as info:
+        load_test_sets(path)
+    assert str(info.value) == message.format(path=path)

@@ -311,65 +311,111 @@ def test_memory_unsafe_pickles_are_refused_before_numpy_sees_them(tmp_path: Path
     assert line == f"error: {message}"
 
 
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (numpy_array((PER_BATCH, 3072), UINT8, bytes(PER_BATCH * 3072), True), "got a Fortran-order array"),
-        (numpy_array((PER_BATCH, 3072), UINT8, bytes(100)), "got 100 bytes of pixels for 20 rows (61440 expected)"),
-        (numpy_array((PER_BATCH, 3072), UINT8, None), "got pixels as NoneType instead of bytes"),
-        (numpy_array((PER_BATCH, 3072), UINT8, [0] * 3), "got pixels as list instead of bytes"),
-        (
-            numpy_array((PER_BATCH, 3072), numpy_dtype("f4", (3, "<", None, None, None, -1, -1, 0)), bytes(4)),
-            "got dtype 'f4'",
-        ),
-        (numpy_array((PER_BATCH, 3072), "u1", bytes(PER_BATCH * 3072)), "got a dtype given as str"),
-        (numpy_array((PER_BATCH, 1), SUBARRAY_V1, bytes(PER_BATCH)), "got a dtype with a subarray"),
-        (
-            numpy_array((PER_BATCH,), numpy_dtype("V8", OBJECT_FIELD_STATE), bytes(8 * PER_BATCH)),
-            "got a dtype with fields (a structured or object dtype)",
-        ),
-        (
-            numpy_array((PER_BATCH, 3072), numpy_dtype("u1", (3, "|", None, None, None, 1, 1, 16)), bytes(61440)),
-            "got a dtype pickled as numpy never writes uint8",
-        ),
-        (numpy_array((PER_BATCH, 3000), UINT8, bytes(PER_BATCH * 3000)), "got shape (20, 3000)"),
-        (numpy_array((PER_BATCH, 3072, 1), UINT8, bytes(PER_BATCH * 3072)), "got shape (20, 3072, 1)"),
-        (numpy_array((True, 3072), UINT8, bytes(3072)), "got shape (True, 3072)"),
-        (
-            call("numpy._core.multiarray", "_reconstruct", global_("numpy", "ndarray"), (PER_BATCH,), SUBARRAY_V1),
-            "got numpy._reconstruct(ndarray, (20,), numpy.dtype(...)) instead of (ndarray, (0,), b'b')",
-        ),
-        (
-            call("numpy._core.multiarray", "_reconstruct", global_("numpy", "dtype"), (0,), b"b"),
-            "other than numpy.ndarray",
-        ),
-        (call("numpy._core.multiarray", "_reconstruct", global_("numpy", "ndarray"), (0,), b"b"), "with no state"),
-        (UINT8, "got numpy.dtype('u1', False, True) instead of a pickled array"),
-    ],
-    ids=[
-        "fortran_order",
-        "short_buffer",
-        "no_buffer",
-        "list_buffer",
-        "float32",
-        "dtype_as_str",
-        "subarray_dtype",
-        "object_field_dtype",
-        "uint8_with_odd_state",
-        "3000_columns",
-        "3_dims",
-        "bool_rows",
-        "reconstruct_with_shape",
-        "reconstruct_of_dtype",
-        "reconstruct_without_build",
-        "bare_dtype",
-    ],
-)
-def test_array_records_other_than_numpys_uint8_rows_are_refused(data: Opcodes, message: str):
+RECONSTRUCT = global_("numpy._core.multiarray", "_reconstruct")
+PIXELS_OF_20 = bytes(PER_BATCH * 3072)
+
+
+def reconstruct(*args: object) -> Opcodes:
+    """Opcodes for numpy's `_reconstruct(*args)`, the first step of an array's pickle."""
+    return Opcodes(RECONSTRUCT + opcodes(args) + b"R")
+
+
+def array_state(state: object) -> Opcodes:
+    """An array record as numpy starts one, then BUILD with `state` (numpy writes (1, shape, dtype, False, pixels))."""
+    return build(reconstruct(global_("numpy", "ndarray"), (0,), b"b"), state)
+
+
+# Each record, and what the refusal says after "got ": the whole of it, so a changed check or message shows.
+ARRAY_RECORDS = {
+    "fortran_order": (numpy_array((PER_BATCH, 3072), UINT8, PIXELS_OF_20, True), "a Fortran-order array"),
+    "fortran_order_1": (numpy_array((PER_BATCH, 3072), UINT8, PIXELS_OF_20, 1), "a Fortran-order array"),  # Py 2
+    "short_buffer": (
+        numpy_array((PER_BATCH, 3072), UINT8, bytes(100)),
+        "100 bytes of pixels for 20 rows (61440 expected)",
+    ),
+    "no_buffer": (numpy_array((PER_BATCH, 3072), UINT8, None), "pixels as NoneType instead of bytes"),
+    "list_buffer": (numpy_array((PER_BATCH, 3072), UINT8, [0] * 3), "pixels as list instead of bytes"),
+    "float32": (
+        numpy_array((PER_BATCH, 3072), numpy_dtype("f4", (3, "<", None, None, None, -1, -1, 0)), bytes(4)),
+        "dtype 'f4'",
+    ),
+    "dtype_as_str": (numpy_array((PER_BATCH, 3072), "u1", PIXELS_OF_20), "a dtype given as str"),
+    "subarray_dtype": (numpy_array((PER_BATCH, 1), SUBARRAY_V1, bytes(PER_BATCH)), "a dtype with a subarray"),
+    # A dtype state of 5 items is checked for a subarray and fields too (numpy writes 8, older numpy fewer).
+    "subarray_in_a_state_of_5": (
+        numpy_array((PER_BATCH, 1), numpy_dtype("V1", (3, "|", (UINT8, (3072,)), None, None)), bytes(PER_BATCH)),
+        "a dtype with a subarray",
+    ),
+    "object_field_dtype": (
+        numpy_array((PER_BATCH,), numpy_dtype("V8", OBJECT_FIELD_STATE), bytes(8 * PER_BATCH)),
+        "a dtype with fields (a structured or object dtype)",
+    ),
+    "field_names_alone": (  # names without the fields dict: still a structured dtype
+        numpy_array((PER_BATCH, 3072), numpy_dtype("u1", (3, "|", None, ("f",), None, -1, -1, 0)), PIXELS_OF_20),
+        "a dtype with fields (a structured or object dtype)",
+    ),
+    "uint8_with_odd_state": (
+        numpy_array((PER_BATCH, 3072), numpy_dtype("u1", (3, "|", None, None, None, 1, 1, 16)), PIXELS_OF_20),
+        "a dtype pickled as numpy never writes uint8: numpy.dtype('u1', False, True), "
+        "state (3, '|', None, None, None, 1, ...)",
+    ),
+    "dtype_without_build": (
+        numpy_array((PER_BATCH, 3072), call("numpy", "dtype", "u1", False, True), PIXELS_OF_20),
+        "a dtype pickled as numpy never writes uint8: numpy.dtype('u1', False, True), state none (no BUILD)",
+    ),
+    "3000_columns": (numpy_array((PER_BATCH, 3000), UINT8, bytes(PER_BATCH * 3000)), "shape (20, 3000)"),
+    "3_dims": (numpy_array((PER_BATCH, 3072, 1), UINT8, PIXELS_OF_20), "shape (20, 3072, 1)"),
+    "bool_rows": (numpy_array((True, 3072), UINT8, bytes(3072)), "shape (True, 3072)"),
+    "negative_rows": (numpy_array((-1, 3072), UINT8, bytes(3072)), "shape (-1, 3072)"),
+    "reconstruct_with_shape": (
+        reconstruct(global_("numpy", "ndarray"), (PER_BATCH,), SUBARRAY_V1),
+        "numpy._reconstruct(ndarray, (20,), numpy.dtype(...)) instead of (ndarray, (0,), b'b')",
+    ),
+    "reconstruct_with_one_row": (  # the right typecode, the wrong shape
+        reconstruct(global_("numpy", "ndarray"), (1,), b"b"),
+        "numpy._reconstruct(ndarray, (1,), b'b') instead of (ndarray, (0,), b'b')",
+    ),
+    "reconstruct_with_false_rows": (  # False == 0 to Python, not to the check
+        reconstruct(global_("numpy", "ndarray"), (False,), b"b"),
+        "numpy._reconstruct(ndarray, (False,), b'b') instead of (ndarray, (0,), b'b')",
+    ),
+    "reconstruct_of_dtype": (
+        reconstruct(global_("numpy", "dtype"), (0,), b"b"),
+        "numpy._reconstruct of something other than numpy.ndarray",
+    ),
+    "reconstruct_without_build": (
+        reconstruct(global_("numpy", "ndarray"), (0,), b"b"),
+        "an array with no state (no shape, dtype or pixel bytes)",
+    ),
+    "state_version_2": (
+        array_state((2, (PER_BATCH, 3072), UINT8, False, bytes(2))),
+        "an array state numpy never writes: (2, (20, 3072), numpy.dtype(...), False, b'\\x00\\x00')",
+    ),
+    "state_as_a_list": (  # unpacks like the tuple numpy writes, so its type must be checked
+        array_state([1, (1, 3072), UINT8, False, bytes(2)]),
+        "an array state numpy never writes: [1, (1, 3072), numpy.dtype(...), False, b'\\x00\\x00']",
+    ),
+    "state_of_4": (
+        array_state((1, (PER_BATCH, 3072), UINT8, False)),
+        "an array state numpy never writes: (1, (20, 3072), numpy.dtype(...), False)",
+    ),
+    "bare_dtype": (UINT8, "numpy.dtype('u1', False, True) instead of a pickled array"),
+}
+
+
+@pytest.mark.parametrize("name", ARRAY_RECORDS)
+def test_array_records_other_than_numpys_uint8_rows_are_refused(name: str):
+    data, message = ARRAY_RECORDS[name]
     with pytest.raises(DataError) as info:
         safe_unpickle(batch_pickle(data), "data_batch_1")
-    assert str(info.value).startswith("data_batch_1: data must be a uint8 array of shape (N, 3072), got ")
-    assert message in str(info.value)
+    assert str(info.value) == f"data_batch_1: data must be a uint8 array of shape (N, 3072), got {message}"
+
+
+def test_python_2s_integer_flags_are_read_like_booleans():
+    # Python 2 wrote 0 for False in the array's fortran_order flag, as in the dtype's (see the 2009 layout test).
+    pixels = np.arange(PER_BATCH * 3072).astype(np.uint8)
+    batch = safe_unpickle(batch_pickle(numpy_array((PER_BATCH, 3072), UINT8, pixels.tobytes(), 0)), "data_batch_1")
+    assert np.array_equal(batch[b"data"], pixels.reshape(PER_BATCH, 3072))
 
 
 @pytest.mark.parametrize(
@@ -578,6 +624,23 @@ def test_a_1_gib_name_header_is_refused_before_it_is_read(tmp_path: Path, kind: 
     line, peak_kib = refusal_in_subprocess(path)
     assert line == f"error: {path} has {what} of 1073741824 bytes, more than the 8 KiB allowed; refusing the archive"
     assert peak_kib < reader_start_kib() + 96 * 1024  # streamed: never a member whole
+
+
+@pytest.mark.parametrize("size", [8 * 1024, 8 * 1024 + 1])
+def test_a_name_header_of_8_kib_is_read_and_one_byte_more_is_refused(tmp_path: Path, size: int):
+    # A GNU long name of `size` bytes (the name and its NUL) for an extra member, then the archive itself.
+    name = ("cifar-10-batches-py/" + "n" * size)[: size - 1].encode() + b"\0"
+    extra = tar_header("././@LongLink", size, b"L") + name + bytes(-size % 512) + tar_header("x", 3) + b"abc"
+    path = tmp_path / "long.tar.gz"
+    path.write_bytes(gzip.compress(extra + bytes(509) + plain_tar()))
+    if size <= 8 * 1024:
+        assert read_archive(path, ("data_batch_1",))["data_batch_1"].images.shape == (PER_BATCH, 32, 32, 3)
+        return
+    with pytest.raises(DataError) as info:
+        read_archive(path)
+    assert str(info.value) == (
+        f"{path} has a GNU long name of {size} bytes, more than the 8 KiB allowed; refusing the archive"
+    )
 
 
 def test_long_names_of_a_normal_size_are_read_and_checked(tmp_path: Path):
