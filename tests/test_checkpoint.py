@@ -119,6 +119,10 @@ def test_a_saved_checkpoint_resumes_weights_optimizer_dropout_state_and_logs(tmp
         "epoch_seconds": [3.5, 2.25],
         "seed_states": [[5, 1], [6, 8], [7, 15]],
     }
+    # Where the workers of a run agree to start: the state file alone, read before any model is loaded.
+    point = checkpoint.resume_point(tmp_path / "ck", "fp-1", epochs=3)
+    assert point.model is None and (point.epochs_done, point.history, point.epoch_seconds) == (2, history, [3.5, 2.25])
+    assert point.reason == "resuming after epoch 2 of 3"
     resume = checkpoint.load_checkpoint(tmp_path / "ck", "fp-1", epochs=2)  # done == epochs: resumable
     assert (resume.epochs_done, resume.history, resume.epoch_seconds) == (2, history, [3.5, 2.25])
     assert resume.reason == "resuming after epoch 2 of 2"
