@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar10.download import _redirect_problem, download_archive, md5_of
+from cifar10.download import _redirect_problem, _url_problem, download_archive, md5_of
 from cifar10.errors import StageError
 from tests.conftest import ROOT, download_params, stage_env
 
@@ -569,6 +569,27 @@ def test_malformed_urls_fail_before_any_request(serve, tmp_path: Path, capsys, u
     assert "ab/c+d" not in message  # a token holding "/" is redacted too, and not echoed by the URL parser
     assert requests == []
     assert "retrying" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://mirror.org/c.tar.gz", None),
+        ("HTTP://[::1]:8080/c.tar.gz", None),  # the scheme in capitals, a bracketed IPv6 host and a port
+        (
+            "http://a b/c.tar.gz",
+            "it holds a space, a control character or a non-ASCII character (percent-encode it: %20)",
+        ),
+        ("http://[::1/c.tar.gz", "it is malformed (Invalid IPv6 URL)"),
+        ("http://[abc]/c.tar.gz", "it is malformed (Invalid IPv6 URL)"),
+        ("http://h:ab/c.tar.gz", "it is malformed (an invalid port)"),
+        ("ftp://mirror.org/c.tar.gz", "only http:// and https:// are fetched"),
+        ("http:///c.tar.gz", "it names no host"),
+    ],
+)
+def test_the_url_check_names_each_problem(url: str, problem: str | None):
+    # The http(s) fetcher's own check, whole: download_archive refuses some of these earlier, in its own words.
+    assert _url_problem(url) == problem
 
 
 def test_an_unknown_host_fails_at_once(tmp_path: Path, capsys):
