@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import email.utils
 import hashlib
+import http.client
 import http.server
 import io
 import ipaddress
@@ -25,13 +26,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cifar10.download import _redirect_problem, _url_problem, download_archive, md5_of
+from cifar10.download import _network_failure, _redirect_problem, _url_problem, download_archive, md5_of
 from cifar10.errors import StageError
 from tests.conftest import ROOT, download_params, stage_env
 
@@ -590,6 +592,33 @@ def test_malformed_urls_fail_before_any_request(serve, tmp_path: Path, capsys, u
 def test_the_url_check_names_each_problem(url: str, problem: str | None):
     # The http(s) fetcher's own check, whole: download_archive refuses some of these earlier, in its own words.
     assert _url_problem(url) == problem
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "shown"),
+    [
+        (urllib.error.URLError("no host given"), "_Permanent", "no host given"),  # urllib's own refusal
+        (
+            http.client.InvalidURL("URL can't contain control characters"),
+            "_Permanent",
+            "malformed URL (URL can't contain control characters)",
+        ),
+        (urllib.error.URLError(ConnectionRefusedError()), "_Transient", "ConnectionRefusedError"),  # no text: its type
+        (http.client.RemoteDisconnected(), "_Transient", "RemoteDisconnected"),
+        (TimeoutError("timed out"), "_Transient", "timed out"),
+        (
+            urllib.error.URLError(socket.gaierror(socket.EAI_NONAME, "Name or service not known")),
+            "_Permanent",
+            "the host name does not resolve (Name or service not known)",
+        ),
+    ],
+    ids=["urllib_refusal", "invalid_url", "refused_without_text", "remote_disconnected", "timeout", "no_such_host"],
+)
+def test_each_network_failure_is_sorted_and_named(exc: Exception, kind: str, shown: str):
+    # What the fetcher makes of an exception: retried (_Transient) or not (_Permanent), and the words it shows.
+    failure = _network_failure(exc)
+    assert type(failure).__name__ == kind
+    assert str(failure) == shown
 
 
 def test_an_unknown_host_fails_at_once(tmp_path: Path, capsys):
