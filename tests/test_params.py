@@ -59,6 +59,7 @@ def test_committed_params_are_the_tutorial_recipe():
     assert load_section(raw, "resources") == ResourceParams(devices=(), strategy="one")  # every GPU there is
 
 
+LR_REFUSED = "train.lr_values must be positive, got "
 DEVICES_REFUSED = "resources.devices must list up to 64 GPU indices, each 0..1023 at most once, got "
 
 
@@ -108,6 +109,51 @@ DEVICES_REFUSED = "resources.devices must list up to 64 GPU indices, each 0..102
         ("train", TrainParams, {"network": "vgg"}, "train.network must be one of ('tutorial', 'resnet'), got 'vgg'"),
         ("train", TrainParams, {"widths": []}, "train.widths must be a non-empty list of positive integers, got []"),
         ("train", TrainParams, {"mixed_precision": False}, "train.mixed_precision must be a string, got False"),
+        (
+            "train",
+            TrainParams,
+            {"mixed_precision": "fp16"},
+            "train.mixed_precision must be one of ('auto', 'none', 'bfloat16', 'float16'), got 'fp16'",
+        ),
+        (
+            "train",
+            TrainParams,
+            {"fill_mode": "edge"},
+            "train.fill_mode must be one of ('nearest', 'reflect', 'wrap', 'constant'), got 'edge'",
+        ),
+        (
+            "train",
+            TrainParams,
+            {"optimizer": "adamw"},
+            "train.optimizer must be one of ('rmsprop', 'adam', 'sgd'), got 'adamw'",
+        ),
+        (
+            "train",
+            TrainParams,
+            {"lr_schedule": "cosine"},
+            "train.lr_schedule must be one of ('step', 'linear'), got 'cosine'",
+        ),
+        (
+            "train",
+            TrainParams,
+            {"network": "resnet", "widths": [64], "dropout": [0.0], "block_depth": 1},
+            "train.widths must have at least 2 blocks for train.network resnet (the first is its full-resolution "
+            "stem), got [64]",
+        ),
+        (
+            "train",
+            TrainParams,
+            {"lr_boundaries": [10, 10], "lr_values": [0.1, 0.01, 0.001]},  # equal epochs: not strictly increasing
+            "train.lr_boundaries must be positive and strictly increasing epochs, at most 100000, got [10, 10]",
+        ),
+        # Every rate positive; a linear schedule's last one may be 0 (it decays to it), no other.
+        ("train", TrainParams, {"lr_boundaries": [10], "lr_values": [0.4, 0.0]}, LR_REFUSED + "[0.4, 0.0]"),
+        (
+            "train",
+            TrainParams,
+            {"lr_schedule": "linear", "lr_boundaries": [10], "lr_values": [0.0, 0.0]},
+            LR_REFUSED + "[0.0, 0.0]",
+        ),
         ("train", TrainParams, {"deterministic": "yes"}, "train.deterministic must be true or false, got 'yes'"),
         ("normalize", NormalizeParams, {"val_size": -1}, "normalize.val_size must be a non-negative integer, got -1"),
         (
@@ -148,6 +194,20 @@ def test_bad_values_name_the_key_and_the_value(section, cls, raw, message):
     with pytest.raises(ParamError) as info:
         parse_section(cls, section, {**committed_params()[section], **raw})
     assert str(info.value) == message  # whole: the key, the rule and the value given
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ([1, 2], "params.yaml section 'normalize' must be a mapping, got [1, 2]"),
+        ({"method": "global", 1: 2}, "normalize keys must be strings, got 1"),
+    ],
+)
+def test_parse_section_refuses_what_is_not_a_mapping_of_names(raw, message):
+    # The loader refuses these first, in its own words; parse_section checks again for any other caller.
+    with pytest.raises(ParamError) as info:
+        parse_section(NormalizeParams, "normalize", raw)
+    assert str(info.value) == message
 
 
 def test_numbers_written_without_a_dot_are_accepted_as_floats():
