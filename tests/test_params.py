@@ -23,6 +23,7 @@ from cifar10.params import (
     load_seed,
     parse_section,
     read_params_file,
+    redact_credentials,
 )
 from tests.conftest import ROOT, stage_env
 
@@ -264,3 +265,17 @@ def test_stage_exits_nonzero_with_one_line_and_writes_nothing(tmp_path: Path, ar
     assert result.returncode == 1
     assert result.stderr.strip() == "error: download.retries must be a non-negative integer, got -1"
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:tok@mirror.org/c.tar.gz", "https://***@mirror.org/c.tar.gz"),
+        ("//user:tok@mirror.org/c.tar.gz", "//***@mirror.org/c.tar.gz"),  # no scheme: none is made up
+        ("https://u:a/b?c@d@mirror.org/x", "https://***@mirror.org/x"),  # to the last @: a token may hold / ? @
+        ("https://mirror.org/c.tar.gz", "https://mirror.org/c.tar.gz"),
+        ("/data/c@home.tar.gz", "/data/c@home.tar.gz"),  # a path: no // before the @
+    ],
+)
+def test_credentials_in_a_url_are_never_shown(url: str, shown: str):
+    assert redact_credentials(url) == shown
