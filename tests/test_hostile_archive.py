@@ -33,6 +33,7 @@ from tests.conftest import (
     FINE_NAMES,
     PER_BATCH,
     ROOT,
+    TEST_IMAGES,
     run_limited,
     synthetic_batches,
     synthetic_cifar100,
@@ -425,7 +426,10 @@ def test_python_2s_integer_flags_are_read_like_booleans():
         (pickled({b"x": [numpy_array((1, 3072), UINT8, bytes(3072))]}), "numpy objects may only be top-level arrays"),
         (pickled({b"x": build(b"x", {"a": 1})}), "refused BUILD on a bytes"),
         (pickled({b"x": Opcodes(opcodes(b"y") + opcodes((1,)) + b"R")}), "refused a call of a bytes"),
-        (pickled({b"x": call("_codecs", "encode", "data", "utf-16")}), "refused _codecs.encode('data', 'utf-16')"),
+        (
+            pickled({b"x": call("_codecs", "encode", "data", "utf-16")}),
+            "refused _codecs.encode('data', 'utf-16'): only (str, 'latin1') makes bytes",
+        ),
         (
             pickled({b"x": Opcodes(global_("numpy", "dtype") + opcodes(("u1",)) + b"\x81")}),
             "refused pickle opcode NEWOBJ",
@@ -435,6 +439,19 @@ def test_python_2s_integer_flags_are_read_like_booleans():
         (b"\x80\x02]" + b"]a" * 600_000 + b".", "more than 1,000,000 pickle operations"),
         (b"\x80\x02}", "it ends before its STOP opcode"),
         (b"\x80\x02\xfe.", "refused pickle opcode 0xfe"),  # no opcode at all: named by its byte
+        (
+            pickled({b"x": call("_codecs", "encode", "a", "latin1", "strict")}),
+            "refused _codecs.encode('a', 'latin1', 'strict'): only (str, 'latin1') makes bytes",
+        ),
+        (
+            pickled({b"x": call("_codecs", "encode", 1, "latin1")}),
+            "refused _codecs.encode(1, 'latin1'): only (str, 'latin1') makes bytes",
+        ),
+        (
+            pickled({b"x": call("_codecs", "encode", "\u0100", "latin1")}),
+            "refused _codecs.encode of text that is not latin-1",
+        ),
+        (pickled({b"x": {b"y": global_("numpy", "ndarray")}}), "numpy objects may only be top-level arrays"),
     ],
     ids=[
         "bare_global",
@@ -448,12 +465,31 @@ def test_python_2s_integer_flags_are_read_like_booleans():
         "1_200_000_opcodes",
         "no_stop",
         "unknown_opcode",
+        "encode_of_3_arguments",
+        "encode_of_an_int",
+        "encode_beyond_latin_1",
+        "array_in_a_nested_dict",
     ],
 )
 def test_other_unpickling_tricks_are_refused(payload: bytes, message: str):
     with pytest.raises(DataError) as info:
         safe_unpickle(payload, "data_batch_1")
-    assert message in str(info.value)
+    assert str(info.value) == f"data_batch_1 is not a CIFAR batch pickle: {message}"
+
+
+def test_codecs_encode_makes_latin_1_bytes():
+    # Python 2's pickles of bytes keys: _codecs.encode(text, 'latin1'), 'latin-1' spelled either way.
+    keys = {call("_codecs", "encode", "caf\u00e9", "latin-1"): 1, call("_codecs", "encode", "x", "latin1"): 2}
+    assert safe_unpickle(pickled(keys), "data_batch_1") == {b"caf\xe9": 1, b"x": 2}
+
+
+def test_a_list_that_holds_itself_is_searched_once():
+    # {b"x": a list appended to itself through the memo}: the search for numpy objects inside containers must
+    # visit it once and end (a regression would loop, growing its list of containers to visit: hence the limit).
+    looped = b"\x80\x02}(C\x01x]q\x00h\x00au."
+    check = "import sys; from cifar10.archive import safe_unpickle; v = safe_unpickle(sys.stdin.buffer.read(), 'b')"
+    result = run_limited([sys.executable, "-c", check + "[b'x']; print(v[0] is v)"], ROOT, timeout_s=30, stdin=looped)
+    assert (result.returncode, result.stdout.decode()) == (0, "True\n"), result.stderr.decode()[-2000:]
 
 
 def test_labels_must_be_plain_ints_in_range(tmp_path: Path):
@@ -583,6 +619,64 @@ def pax_tar(entries: list[tuple[str, dict[str, str], bytes]]) -> bytes:
         info.pax_headers = records
         infos.append((info, payload))
     return plain_tar(entries=infos)
+
+
+def test_zeros_after_the_end_of_the_archive_count_against_the_cap(tmp_path: Path):
+    # 2 GiB of zeros after the end-of-archive blocks (a 2 MB file): tar's padding, read 1 MiB at a time to
+    # the gzip CRC, and refused at 512 MiB like any other decompressed bytes.
+    bomb = tmp_path / "padded.tar.gz"
+    bomb.write_bytes(gzip_of([(plain_tar(), 1), (bytes(MiB), 2048)]))
+    line, peak_kib = refusal_in_subprocess(bomb)
+    assert line == (
+        f"error: {bomb} decompresses to more than 512 MiB, far more than CIFAR-10 or CIFAR-100 needs; refusing it"
+    )
+    assert peak_kib < reader_start_kib() + 96 * 1024  # streamed: never the padding whole
+
+
+def _end_of_members(tar: bytes) -> int:
+    """The offset of the end-of-archive blocks in an uncompressed tar: after the last member's padded data."""
+    with tarfile.open(fileobj=io.BytesIO(tar)) as reader:
+        last = reader.getmembers()[-1]
+    return last.offset_data + -last.size % 512 + last.size
+
+
+def test_a_tar_stream_that_ends_early_says_where(tmp_path: Path):
+    tar = plain_tar()
+    second_header = tar.index(b"cifar-10-batches-py/data_batch_2")  # the first member's data ends before it
+    path = tmp_path / "short.tar.gz"
+    no_header = f"{path} is not a readable gzip-compressed tar archive (it holds no tar header)"
+    in_member = f"{path} is truncated or corrupt (the tar data ends inside a member)"
+    for data, batches, message in [
+        (b"", None, no_header),
+        (tar[:100], None, no_header),
+        (tar[: 512 + 100], None, in_member),  # data_batch_1's data, which is read
+        (tar[: 512 + 100], ("test_batch",), in_member),  # the same, skipped
+        (tar[: second_header + 100], None, f"{path} is truncated or corrupt (the tar data ends inside a header)"),
+    ]:
+        path.write_bytes(gzip.compress(data))
+        with pytest.raises(DataError) as info:
+            read_archive(path, batches)
+        assert str(info.value) == message
+    # Ending cleanly after a member, without the end-of-archive blocks, is read as tarfile reads it.
+    path.write_bytes(gzip.compress(tar[: _end_of_members(tar)]))
+    assert read_archive(path, ("test_batch",))["test_batch"].images.shape == (TEST_IMAGES, 32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    "size_field",
+    [
+        b"\x80" + (3).to_bytes(11, "big"),  # GNU base-256, which tar writes for members of 8 GiB and more
+        b"3\0\0\0\0\0\0\0\0\0\0\0",  # octal ended by NULs
+        b"  3 \0       ",  # octal padded with spaces
+    ],
+    ids=["base_256", "octal_and_nuls", "octal_and_spaces"],
+)
+def test_member_sizes_in_each_form_tar_writes_are_read(tmp_path: Path, size_field: bytes):
+    # A 3-byte member ahead of the archive's own: misread, its size would misalign every header after it.
+    extra = tar_header("cifar-10-batches-py/notes.txt", 3, patch={124: size_field}) + b"abc" + bytes(509)
+    path = tmp_path / "sizes.tar.gz"
+    path.write_bytes(gzip.compress(extra + plain_tar()))
+    assert read_archive(path, ("data_batch_1",))["data_batch_1"].images.shape == (PER_BATCH, 32, 32, 3)
 
 
 def test_sparse_members_are_refused(tmp_path: Path):
