@@ -523,6 +523,44 @@ def test_yaml_beyond_plain_values_is_refused_in_one_line(tmp_path: Path, content
     assert message in refusal(tmp_path, content)
 
 
+def key_line(section: str, key: str) -> int:
+    """Return the 1-based line of `section.key` in the committed params.yaml."""
+    lines = COMMITTED.splitlines()
+    start = lines.index(f"{section}:")
+    return next(i for i in range(start, len(lines)) if lines[i].startswith(f"  {key}:")) + 1
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "message"),
+    [
+        ("seed: &s 42\n", 1, "YAML anchors and aliases are not accepted, found &s"),
+        ("seed: 1\nother: *s\n", 2, "YAML anchors and aliases are not accepted, found *s"),
+        (
+            with_line_after("  epochs:", "  <<: {epochs: 3}"),
+            line_of(COMMITTED, "  epochs:") + 1,
+            "YAML merge keys (<<) are not accepted",
+        ),
+        (
+            with_raw_line("train", "lr_values", "!!python/tuple [1]"),
+            key_line("train", "lr_values"),
+            "YAML tags are not accepted, found '!!python/tuple'; write the plain value",
+        ),
+        (with_raw_line("train", "epochs", "0b_"), key_line("train", "epochs"), "'0b_' is not a valid integer"),
+        (
+            with_raw_line("normalize", "eps", "1" * 100 + ".5"),
+            key_line("normalize", "eps"),
+            "a 102-character number is longer than any param",
+        ),
+        ("seed: 1\nx: " + "{" * 300 + "}" * 300, 2, "values nested more than 8 deep"),
+        ("seed: 1\na: [" + "1, " * 20_000 + "]\n", 2, "more than 10000 values; params.yaml holds a few dozen"),
+    ],
+    ids=["anchor", "alias", "merge-key", "python-tag", "0b_", "long-float", "deep", "20000-values"],
+)
+def test_yaml_refusals_name_their_line(tmp_path: Path, content: str, line: int, message: str):
+    # The whole message: the file, the line the user must edit (1-based), and what is wrong there.
+    assert refusal(tmp_path, content) == f"{tmp_path / 'params.yaml'}:{line}: {message}"
+
+
 @pytest.mark.parametrize(
     ("content", "line"),
     [
