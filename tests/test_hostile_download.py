@@ -111,6 +111,11 @@ def serve() -> Iterator[Callable[[Respond], tuple[str, list[tuple[str, str | Non
         server.server_close()
 
 
+def _serve_archive(path: Path) -> Respond:
+    """Answer every request with the file at `path`, whole."""
+    return lambda handler: handler.send(200, path.read_bytes())
+
+
 def _endless_body(handler: _ScriptedHandler) -> None:
     """200 without Content-Length, then zeros until ten times the cap (a stand-in for a body that never ends)."""
     handler.send_response(200)
@@ -280,10 +285,6 @@ def tls_server_context(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SS
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
     return context, folder / "cert.pem"
-
-
-def _serve_archive(path: Path) -> Respond:
-    return lambda handler: handler.send(200, path.read_bytes())
 
 
 # The official URL is https: the same download over TLS, against a server on 127.0.0.1 whose certificate signs itself.
@@ -544,7 +545,7 @@ def test_the_backoff_doubles_and_the_attempts_are_retries_plus_one(serve, tmp_pa
 
 def test_every_printable_ascii_character_may_stand_in_a_url(serve, archive, tmp_path: Path):
     path, md5 = archive
-    base, requests = serve(lambda handler: handler.send(200, path.read_bytes()))
+    base, requests = serve(_serve_archive(path))
     url = f"{base}/~mirror/cifar!10.tar.gz"  # "!" and "~": the two ends of printable ASCII
     assert download_archive(download_params(url=url, md5=md5), tmp_path / "raw" / "c.tar.gz") == md5
     assert [p for p, _ in requests] == ["/~mirror/cifar!10.tar.gz"]
@@ -746,7 +747,7 @@ def test_credentials_are_sent_as_written_to_the_host_after_the_last_at(
 ):
     path, md5 = archive
     expected = "Basic " + base64.b64encode(sent.encode()).decode()
-    base, requests = serve(lambda handler: handler.send(200, path.read_bytes()))
+    base, requests = serve(_serve_archive(path))
     url = f"http://{userinfo}@{base.removeprefix('http://')}/c.tar.gz"
     assert download_archive(download_params(url=url, md5=md5), tmp_path / "raw" / "c.tar.gz") == md5
     assert requests == [("/c.tar.gz", expected)]
