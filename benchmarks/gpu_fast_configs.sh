@@ -34,3 +34,14 @@ CALL3=(
 CPU=(  # on the 2-core CPU (KERAS_BACKEND=tensorflow), the small network's 10 epochs
  "f16d2e10:$R;$W16;train.block_depth=2;train.epochs=10;train.lr_boundaries=[2];train.lr_values=[0.2,0.0]"
 )
+# CALL4 (SOLO=3): the tutorial recipe's 125 epochs and both recipes exactly as recipes/ writes them, each alone on
+# the same H200 (the same-card times of issue 9, item 3), then more seeds of `make fast` side by side.
+recipe() { grep -v '^#' "recipes/$1.overrides" | paste -sd';'; }  # a recipe's overrides as one CONFIG
+CALL4=(
+ "tut125f32:train.mixed_precision=none"
+ "fastsmallf32:$(recipe fast-small);train.mixed_precision=none"
+ "fastf32:$(recipe fast);train.mixed_precision=none"
+ "fastf32s2:$(recipe fast);train.mixed_precision=none;seed=2"
+ "fastf32s3:$(recipe fast);train.mixed_precision=none;seed=3"
+ "fastauto:$(recipe fast)"
+)

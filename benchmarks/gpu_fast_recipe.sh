@@ -6,10 +6,11 @@
 #   benchmarks/gpu_fast_recipe.sh SOURCE.tar.gz MAKE_ARCHIVE OUT_DIR SOLO_CONFIG [CONFIG...]
 #
 # A CONFIG is NAME:KEY=VALUE;KEY=VALUE (params.yaml keys: seed or section.key), e.g. "fast:train.epochs=30;seed=1".
-# SOLO_CONFIG runs first and alone on the GPU, so its seconds per epoch are its own; the other configs then run
-# side by side (one process each, so each one's times are inflated by the others: their accuracy is the
-# figure). Each config trains from scratch in a copy of the project, then evaluate scores it; OUT_DIR gets a
-# log per config and summary.txt: per-epoch validation accuracy and seconds, test accuracy.
+# SOLO_CONFIG runs first and alone on the GPU, so its seconds per epoch are its own (SOLO=N: the first N configs,
+# one after another, each alone); the other configs then run side by side (one process each, so each one's
+# times are inflated by the others: their accuracy is the figure). Each config trains from scratch in a copy of
+# the project, then evaluate scores it; OUT_DIR gets a log per config and summary.txt: per-epoch validation
+# accuracy and seconds, the train stage's wall seconds, test accuracy.
 set -euo pipefail
 source_tar=$1 make_archive=$2 out=$3
 shift 3
@@ -43,7 +44,7 @@ run_config() {  # run_config "NAME:KEY=VALUE;...": train and evaluate in a copy 
 }
 
 summarize() {  # summarize NAME: one line of per-epoch validation accuracy and seconds, and the test accuracy
-    python3 - "/tmp/configs/$1" "$1" <<'PY'
+    python3 - "/tmp/configs/$1" "$1" "$out" <<'PY'
 import csv, json, sys
 from pathlib import Path
 d, name = Path(sys.argv[1]), sys.argv[2]
@@ -54,18 +55,22 @@ def column(path):
         return []
 val = column(d / "dvclive/plots/metrics/val/accuracy.tsv")
 secs = column(d / "dvclive/plots/metrics/epoch_seconds.tsv")
+log = Path(sys.argv[3]) / f"{name}.log"
+wall = [line.split(":")[1].strip() for line in log.read_text().splitlines() if line.startswith("train wall seconds:")]
 test = json.load(open(d / "metrics/evaluate.json"))["test_accuracy"] if (d / "metrics/evaluate.json").exists() else None
 train = json.load(open(d / "models/meta.json"))["training"] if (d / "models/meta.json").exists() else {}
 print(f"== {name}: test {test}, {train.get('seconds_per_epoch')} s/epoch, {train.get('images_per_second')} img/s, "
-      f"precision {train.get('mixed_precision')}")
+      f"precision {train.get('mixed_precision')}, train stage {wall[0] if wall else None} s")
 print("   val accuracy by epoch: " + " ".join(f"{v:.4f}" for v in val))
 print("   seconds by epoch: " + " ".join(f"{s:.2f}" for s in secs))
 PY
 }
 
-run_config "$1"
-summarize "${1%%:*}" | tee -a "$out/summary.txt"
-shift
+for _ in $(seq "${SOLO:-1}"); do
+    run_config "$1"
+    summarize "${1%%:*}" | tee -a "$out/summary.txt"
+    shift
+done
 for config in "$@"; do (run_config "$config"; summarize "${config%%:*}" >> "$out/summary.txt") & done
 wait
 cat "$out/summary.txt"
