@@ -200,6 +200,12 @@ def test_two_queued_experiments_run_in_parallel_without_touching_each_other(proj
         },
     )
     git("commit", "-qam", "tiny", cwd=project)
+    # The README's advice: the stages both experiments share run once, first. Two workers running the same stage
+    # at once can fail in DVC's run cache (one lists the stage's entries while the other renames a temporary
+    # file among them: "No such file or directory: '.dvc/cache/runs/....tmp'"), and would do the work twice.
+    dvc("repro", "normalize", cwd=project)
+    git("add", "-A", cwd=project)
+    git("commit", "-qm", "data", cwd=project)
     # The README's sweep syntax: one queued experiment per value; each pinned to GPU 0 (on this CPU: a note).
     dvc("exp", "run", "--queue", "-S", "train.epochs=1,2", "-S", "resources.devices=[0]", cwd=project)
     dvc("queue", "start", "-j", "2", cwd=project)
@@ -211,6 +217,11 @@ def test_two_queued_experiments_run_in_parallel_without_touching_each_other(proj
         time.sleep(2)
     dvc("queue", "stop", "--kill", cwd=project, check=False)
     assert status.count("Success") == 2, status
+    names = [line.split()[1] for line in status.splitlines() if line.rstrip().endswith("Success")]
+    assert len(names) == 2, status
+    for name in names:  # neither worker ran the shared stages again
+        log = dvc("queue", "logs", name, cwd=project).stdout
+        assert "Stage 'normalize' didn't change, skipping" in log and "Running stage 'train'" in log, log
     shown = json.loads(dvc("exp", "show", "--json", cwd=project).stdout)
     results = []
     for commit in shown:
