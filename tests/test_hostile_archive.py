@@ -679,6 +679,95 @@ def test_member_sizes_in_each_form_tar_writes_are_read(tmp_path: Path, size_fiel
     assert read_archive(path, ("data_batch_1",))["data_batch_1"].images.shape == (PER_BATCH, 32, 32, 3)
 
 
+def with_checksum(block: bytes, form: bytes, signed: bool = False) -> bytes:
+    """Return a header block with its checksum field rewritten as `form` % the sum of its bytes (the field read
+    as spaces), bytes of 128 and more counted as negative where `signed`, as some old tars summed them."""
+    block = bytearray(block)
+    block[148:156] = b" " * 8
+    block[148:156] = form % sum(b - 256 if signed and b >= 128 else b for b in block)
+    return bytes(block)
+
+
+# Bytes of 128 and more on both sides of the checksum field, 0x80 among them: in the name (ahead of the field)
+# and in the link name (after it, unused by a regular file), so that any other count of them sums differently.
+_FEW_HIGH = {20: b"\x80\xc3\xa9", 157: b"\x80\xff"}
+_MANY_HIGH = {20: b"\x80" * 40 + b"\xff" * 40, 157: b"\xff" * 100}  # a sum of 6 octal digits, the first not 0
+
+
+@pytest.mark.parametrize(
+    ("high_bytes", "signed", "form"),
+    [
+        (_FEW_HIGH, False, b"%06o\0 "),  # what tar and tarfile write
+        (_FEW_HIGH, True, b"%06o\0 "),  # the signed sum, which tarfile accepts too
+        (_FEW_HIGH, False, b"%07o\0"),  # 7 digits and a NUL
+        (_FEW_HIGH, False, b"%08o"),  # 8 digits and no NUL: the byte after the field is the type
+        (_MANY_HIGH, False, b"%06o\0 "),
+    ],
+    ids=["unsigned", "signed", "7_digits", "8_digits", "6_significant_digits"],
+)
+def test_header_checksums_in_each_form_tar_writes_are_read(tmp_path: Path, high_bytes, signed: bool, form: bytes):
+    # A 3-byte member ahead of the archive's own, its name bytes not UTF-8: refused, it would stop the archive.
+    header = with_checksum(tar_header("cifar-10-batches-py/notes.txt", 3, patch=high_bytes), form, signed)
+    assert header[148:149] == (b"1" if high_bytes is _MANY_HIGH else b"0")
+    path = tmp_path / "sums.tar.gz"
+    path.write_bytes(gzip.compress(header + b"abc" + bytes(509) + plain_tar()))
+    assert list(readable_by_tarfile(path.read_bytes()).values())[0] == b"abc"  # tarfile reads it too
+    assert read_archive(path, ("data_batch_1",))["data_batch_1"].images.shape == (PER_BATCH, 32, 32, 3)
+
+
+def test_a_member_whose_type_is_a_high_byte_is_refused_for_its_type(tmp_path: Path):
+    # Its checksum is the signed sum, which counts the type byte (just after the checksum field) as negative.
+    header = with_checksum(tar_header(BATCH_1, 0, kind=b"\xff"), b"%06o\0 ", signed=True)
+    path = tmp_path / "odd.tar.gz"
+    path.write_bytes(gzip.compress(header + plain_tar((BATCH_1,))))
+    with pytest.raises(DataError) as info:
+        read_archive(path)
+    assert str(info.value) == (
+        f"archive member '{BATCH_1}' is of unknown type b'\\xff'; only regular files and folders are read, "
+        "refusing the archive"
+    )
+
+
+def ustar_tar(prefix: str, names: dict[str, str]) -> bytes:
+    """Return the synthetic archive's tar in POSIX ustar headers, each member's path split by hand into the
+    prefix field (bytes 345-499) and the name field: `names` maps a member's own name to its name field."""
+    tar = bytearray()
+    for member, obj in synthetic_batches().items():
+        payload = pickle.dumps(obj, protocol=2)
+        info = tarfile.TarInfo("placeholder")
+        info.size = len(payload)
+        block = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+        assert block[257:265] == b"ustar\x0000"
+        block[0:100] = names.get(member, member).encode().ljust(100, b"\0")
+        block[345:500] = prefix.encode().ljust(155, b"\0")
+        tar += with_checksum(bytes(block), b"%06o\0 ") + payload + bytes(-len(payload) % 512)
+    return bytes(tar + bytes(1024))
+
+
+def test_ustar_prefixes_are_part_of_member_names(tmp_path: Path, archive):
+    path = tmp_path / "ustar.tar.gz"
+    plain = read_archive(archive[0])
+    # What tarfile's ustar format writes for a path over 100 bytes: the folder in the prefix. The name field
+    # can be 100 bytes, with no NUL: "./" repeated reads as nothing.
+    hundred = "./" * 44 + "data_batch_1"
+    assert len(hundred) == 100
+    for prefix, names in [("cifar-10-batches-py", {}), ("cifar-10-batches-py", {"data_batch_1": hundred})]:
+        path.write_bytes(gzip.compress(ustar_tar(prefix, names)))
+        assert f"{prefix}/{names.get('data_batch_1', 'data_batch_1')}" in readable_by_tarfile(path.read_bytes())
+        read = read_archive(path)
+        for name in ("data_batch_1", "data_batch_5", "test_batch"):
+            assert np.array_equal(read[name].images, plain[name].images)
+    # A prefix of one letter puts every member in a folder that is not the archive's.
+    path.write_bytes(gzip.compress(ustar_tar("a", {m: f"cifar-10-batches-py/{m}" for m in synthetic_batches()})))
+    assert "a/" + BATCH_1 in readable_by_tarfile(path.read_bytes())
+    with pytest.raises(DataError) as info:
+        read_archive(path)
+    assert str(info.value) == (
+        f"{path} has no member cifar-10-batches-py/batches.meta (dataset.name cifar10 expects the "
+        "cifar-10-batches-py/ layout)"
+    )
+
+
 def test_sparse_members_are_refused(tmp_path: Path):
     # Old GNU sparse: a 512-byte member whose map puts its one block at 3 GiB - 512, so it claims 3 GiB
     # (the old reader expanded it: 6.3 GB).
@@ -893,7 +982,17 @@ def test_damaged_headers_and_data_after_the_end_are_refused(tmp_path: Path):
     path.write_bytes(gzip.compress(tar_header(BATCH_1, 0, patch={124: b"-0000001234\x00"}) + plain_tar((BATCH_1,))))
     with pytest.raises(DataError) as info:
         read_archive(path)
-    assert "where a number belongs" in str(info.value)
+    assert str(info.value) == (
+        f"{path} is not a readable gzip-compressed tar archive (no tar header at its start): "
+        "a tar header holds b'-0000001234\\x00' where a number belongs"
+    )
+
+    malformed = b"9 pathab\n"  # a record without `=`, in a pax header ahead of the archive's members
+    pax = tar_header("././@PaxHeader", len(malformed), b"x") + malformed + bytes(512 - len(malformed))
+    path.write_bytes(gzip.compress(pax + plain_tar()))
+    with pytest.raises(DataError) as info:
+        read_archive(path)
+    assert str(info.value) == f"{path} is truncated or corrupt (a malformed pax header)"
 
     # A member after the end-of-archive blocks: `tar --ignore-zeros` reads it, a plain reader does not.
     hidden = plain_tar() + plain_tar()
