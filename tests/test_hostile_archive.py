@@ -1062,6 +1062,66 @@ def _pax(key: bytes, value: bytes) -> bytes:
     return str(length).encode() + body
 
 
+def pax_block(records: bytes, kind: bytes = b"x") -> bytes:
+    """A pax header member (`x`: for the next member; `g`: global) holding these records, padded to blocks."""
+    return tar_header("././@PaxHeader", len(records), kind) + records + bytes(-len(records) % 512)
+
+
+def test_a_pax_size_record_overrides_the_header_size(tmp_path: Path):
+    # The member's header says 0 bytes; its pax record says 3: read as 0, "abc" would be taken for a header.
+    notes = pax_block(_pax(b"size", b"3")) + tar_header("cifar-10-batches-py/notes.txt", 0) + b"abc" + bytes(509)
+    path = tmp_path / "pax-size.tar.gz"
+    path.write_bytes(gzip.compress(notes + plain_tar()))
+    assert list(readable_by_tarfile(path.read_bytes()).values())[0] == b"abc"
+    assert read_archive(path, ("data_batch_1",))["data_batch_1"].images.shape == (PER_BATCH, 32, 32, 3)
+
+
+def test_global_pax_headers_are_read_past_unless_they_rename_or_resize(tmp_path: Path):
+    # `git archive` starts its tars with a global header holding the commit: harmless, read past.
+    path = tmp_path / "global.tar.gz"
+    path.write_bytes(gzip.compress(pax_block(_pax(b"comment", b"0123abcd"), b"g") + plain_tar()))
+    assert read_archive(path, ("test_batch",))["test_batch"].images.shape == (TEST_IMAGES, 32, 32, 3)
+    # One that names or sizes members would apply to every member after it.
+    for records in (_pax(b"path", b"x"), _pax(b"size", b"0"), _pax(b"path", b"x") + _pax(b"size", b"0")):
+        path.write_bytes(gzip.compress(pax_block(_pax(b"comment", b"0123abcd") + records, b"g") + plain_tar()))
+        with pytest.raises(DataError) as info:
+            read_archive(path)
+        assert str(info.value) == f"{path} has a global pax header that renames or resizes members"
+
+
+def test_a_sparse_member_is_named_by_its_pax_path_or_else_its_header(tmp_path: Path):
+    # GNU tar's pax sparse formats 0.0 and 0.1 keep the name in a `path` record, not in GNU.sparse.name.
+    path = tmp_path / "sparse.tar.gz"
+    for records, shown in [
+        (_pax(b"GNU.sparse.size", b"3221225472") + _pax(b"path", BATCH_1.encode()), BATCH_1),
+        (_pax(b"GNU.sparse.size", b"3221225472"), "././@PaxHeader"),  # no name at all: the pax header's own
+    ]:
+        path.write_bytes(gzip.compress(pax_block(records) + tar_header("x", 0) + plain_tar()))
+        with pytest.raises(DataError) as info:
+            read_archive(path)
+        assert str(info.value) == (
+            f"archive member '{shown}' is a GNU sparse file; only regular files and folders are read, "
+            "refusing the archive"
+        )
+
+
+def test_a_gnu_long_name_names_a_member_that_is_read(tmp_path: Path, archive):
+    # 120 bytes, written by tarfile's GNU format as a long-name header: the name field holds its first 100.
+    long_batch_1 = "cifar-10-batches-py/" + "./" * 44 + "data_batch_1"
+    tar = plain_tar((BATCH_1,), entries=[], tar_format=tarfile.GNU_FORMAT)
+    payload = readable_by_tarfile(gzip.compress(plain_tar()))[BATCH_1]
+    info = tarfile.TarInfo(long_batch_1)
+    info.size = len(payload)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as writer:
+        writer.addfile(info, io.BytesIO(payload))
+    path = tmp_path / "long.tar.gz"
+    path.write_bytes(gzip.compress(buffer.getvalue()[: _end_of_members(buffer.getvalue())] + tar))
+    assert b"././@LongLink" in buffer.getvalue()
+    read = read_archive(path, ("data_batch_1",))["data_batch_1"]
+    assert np.array_equal(read.images, read_archive(archive[0], ("data_batch_1",))["data_batch_1"].images)
+
+
 def test_pax_records_split_at_the_first_equals_and_keep_any_bytes():
     from types import SimpleNamespace
 
