@@ -706,7 +706,8 @@ _MANY_HIGH = {20: b"\x80" * 40 + b"\xff" * 40, 157: b"\xff" * 100}  # a sum of 6
     ids=["unsigned", "signed", "7_digits", "8_digits", "6_significant_digits"],
 )
 def test_header_checksums_in_each_form_tar_writes_are_read(tmp_path: Path, high_bytes, signed: bool, form: bytes):
-    # A 3-byte member ahead of the archive's own, its name bytes not UTF-8: refused, it would stop the archive.
+    # A 3-byte member ahead of the archive's own, its name bytes not UTF-8: were its checksum refused, the whole
+    # archive would be.
     header = with_checksum(tar_header("cifar-10-batches-py/notes.txt", 3, patch=high_bytes), form, signed)
     assert header[148:149] == (b"1" if high_bytes is _MANY_HIGH else b"0")
     path = tmp_path / "sums.tar.gz"
