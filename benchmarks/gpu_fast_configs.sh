@@ -1,6 +1,7 @@
-# The configs benchmarks/gpu_fast_recipe.sh ran for the README (sourced): three calls on the H200 (the first
-# config of each is timed alone) and CPU, run on the 2-core CPU. R: the fast recipe without its size and length
-# (float32: the default when they ran; a later config's own train.mixed_precision wins); W16...W48: widths.
+# The configs benchmarks/gpu_fast_recipe.sh ran for the README (sourced): four calls on the H200 (the first
+# config of each is timed alone; CALL4's first three) and CPU, run on the 2-core CPU. R: the fast recipe without
+# its size and length (float32: the default when they ran; a later config's own train.mixed_precision wins);
+# W16...W48: widths.
 R="train.mixed_precision=none;train.network=resnet;train.dropout=[0,0,0,0];train.activation=relu;train.weight_decay=5e-4;train.label_smoothing=0.2;train.rotation_deg=0;train.shift=0.125;train.fill_mode=reflect;train.whole_pixel_shift=true;train.optimizer=sgd;train.lr_schedule=linear;train.batch_size=256;train.lr_decay=0;evaluate.flip_tta=true"
 W16=train.widths=[16,32,64,128]
 W24=train.widths=[24,48,96,192]
@@ -36,7 +37,12 @@ CPU=(  # on the 2-core CPU (KERAS_BACKEND=tensorflow), the small network's 10 ep
 )
 # CALL4 (SOLO=3): the tutorial recipe's 125 epochs and both recipes exactly as recipes/ writes them, each alone on
 # the same H200 (the same-card times of issue 9, item 3), then more seeds of `make fast` side by side.
-recipe() { grep -v '^#' "recipes/$1.overrides" | paste -sd';'; }  # a recipe's overrides as one CONFIG
+recipe() {  # a recipe's overrides as one CONFIG; fails loudly rather than run the tutorial recipe under its name
+    local file
+    file="$(dirname "${BASH_SOURCE[0]}")/../recipes/$1.overrides"
+    [[ -f $file ]] || { echo "no $file" >&2; return 1; }
+    grep -Ev '^[[:space:]]*(#|$)' "$file" | paste -sd';' -
+}
 CALL4=(
  "tut125f32:train.mixed_precision=none"
  "fastsmallf32:$(recipe fast-small);train.mixed_precision=none"

@@ -16,6 +16,10 @@ source_tar=$1 make_archive=$2 out=$3
 shift 3
 # Every config shares the one GPU: each JAX process takes the memory it needs, not 75% of the card up front.
 export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+if ! [[ ${SOLO:-1} =~ ^[0-9]+$ ]] || (( ${SOLO:-1} > $# )); then
+    echo "SOLO=${SOLO:-1}: give a whole number of configs, at most the $# given" >&2
+    exit 2
+fi
 mkdir -p "$out"
 root=$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
